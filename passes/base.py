@@ -1,0 +1,154 @@
+"""What a pass is, what it receives and what it returns.
+
+A pass is a small class bound to its config class (from `schemas`). The runner gives it its inputs
+(the artifacts of the steps its references name) and a `StepContext`; the pass writes files only under
+`ctx.out_dir` and returns the artifact's metadata (a JSON-able dict). The runner commits the folder
+to the cache atomically, with a manifest of file digests.
+
+Artifact folder conventions (what downstream passes may rely on):
+
+- `hf_model`: a `save_pretrained` folder (config.json, weights, tokenizer files). meta: `task`,
+  `labels` (list of names or None), `model_type`, `architecture`.
+- `adapter`: a PEFT folder (adapter_config.json, adapter weights; for classification the new head is
+  saved with it via `modules_to_save`), tokenizer files, `training_log.json`, `loss.png`.
+  meta: `task`, `labels`, `train_metrics`, `eval_metrics`.
+- `onnx_model`: `model.onnx` (+ external data), tokenizer files, `config.json` (with `id2label`),
+  `inference.py`. meta: `task`, `labels`, `inputs`, `outputs`.
+- `dataset`: `datasets.DatasetDict.save_to_disk` in the folder `data/`. Columns: `text`, optional
+  `text_pair`, `label` (int ids) for classification; `prompt`, `response` for instruction data.
+  meta: `labels` (names in id order or None), `format` (`classification` | `instruction`), `splits`
+  ({split: {"rows": n, "labels": {name: count}}}).
+- `metrics`: `metrics.json`, `report.md` and charts. meta: `metrics` ({model step: {metric: value}}).
+
+meta may carry `summary` (one line the runner prints when the step ends) and `metrics` (recorded in
+`run.json`).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+from schemas import StepConfig, Target
+
+C = TypeVar("C", bound=StepConfig)
+
+
+class PassError(Exception):
+    """A pass failed for a reason the user can act on; the message says what and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A committed step output: its kind, folder, metadata and content digest."""
+
+    kind: str
+    path: Path
+    meta: dict[str, Any]
+    digest: str
+    step: str
+
+
+class Progress(Protocol):
+    """A progress handle a pass advances; the runner draws it as a bar."""
+
+    def advance(self, n: float = 1, **fields: Any) -> None: ...
+
+    def update(self, *, total: float | None = None, description: str | None = None, **fields: Any) -> None: ...
+
+    def __enter__(self) -> "Progress": ...
+
+    def __exit__(self, *exc: Any) -> None: ...
+
+
+class StepContext(Protocol):
+    """What the runner gives a pass besides its inputs."""
+
+    step: str
+    out_dir: Path
+    target: Target
+    workflow_dir: Path
+
+    def log(self, message: str) -> None:
+        """Write a line to the console and the run log."""
+
+    def progress(self, total: float | None, description: str) -> Progress:
+        """A progress bar for long work (training steps, calibration, latency runs)."""
+
+    def resolve_path(self, value: str) -> Path:
+        """A path from the workflow, resolved: relative to the workflow file, or `pkg://` in a package."""
+
+
+class Pass(Generic[C]):
+    """Base of every pass. Subclasses set `config_class`, `version` and `packages` and implement `run`."""
+
+    config_class: ClassVar[type[StepConfig]]
+    #: Bump when the same config and inputs give a different result: it changes every cache key.
+    version: ClassVar[int] = 1
+    #: Distributions whose versions enter the cache key (their upgrades may change the result).
+    packages: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: C):
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, not {type(config).__name__}")
+        self.config: C = config
+
+    def run(self, inputs: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+        """Do the work: read `inputs` ({field: Artifact or [Artifact]}), write under `ctx.out_dir`, return meta."""
+        raise NotImplementedError
+
+
+# --- a plain context, for tests, notebooks and the runner's base ------------------------------------
+
+
+class _CountingProgress:
+    """A progress handle that only counts (the runner replaces it with a rich bar)."""
+
+    def __init__(self, total: float | None, description: str):
+        self.total, self.description, self.completed, self.fields = total, description, 0.0, {}
+
+    def advance(self, n: float = 1, **fields: Any) -> None:
+        self.completed += n
+        self.fields.update(fields)
+
+    def update(self, *, total: float | None = None, description: str | None = None, **fields: Any) -> None:
+        if total is not None:
+            self.total = total
+        if description is not None:
+            self.description = description
+        self.fields.update(fields)
+
+    def __enter__(self) -> "_CountingProgress":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+@dataclass
+class SimpleContext:
+    """A `StepContext` that prints log lines and counts progress; enough to run a pass by hand."""
+
+    step: str
+    out_dir: Path
+    target: Target = field(default_factory=Target)
+    workflow_dir: Path = field(default_factory=Path.cwd)
+    lines: list[str] = field(default_factory=list)
+    quiet: bool = False
+
+    def log(self, message: str) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        self.lines.append(message)
+        if not self.quiet:
+            print(f"[{stamp}] {self.step}: {message}", file=sys.stderr)
+
+    def progress(self, total: float | None, description: str) -> Progress:
+        return _CountingProgress(total, description)
+
+    def resolve_path(self, value: str) -> Path:
+        from schemas.paths import resolve_local_path
+
+        return resolve_local_path(value, self.workflow_dir)

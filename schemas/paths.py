@@ -1,0 +1,53 @@
+"""How a path written in a workflow becomes a real path: relative to the workflow file, or `pkg://`.
+
+`pkg://NAME/sub/path` names a folder inside an installed Python package, found with
+`importlib.util.find_spec` on the top-level package, which locates it without importing it (models
+shipped as wheels must not run their package's code, and importing may be slow).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+PKG_PREFIX = "pkg://"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+class PathResolutionError(ValueError):
+    """A path in the workflow cannot be resolved; the message says why and how to fix it."""
+
+
+def is_package_uri(value: str) -> bool:
+    """True for `pkg://package/sub/path`."""
+    return value.startswith(PKG_PREFIX)
+
+
+def looks_like_hub_id(value: str, base: Path) -> bool:
+    """True for `org/name` that is not an existing local path relative to `base`."""
+    return bool(_HUB_ID.match(value)) and not (base / value).exists() and not value.startswith(".")
+
+
+def package_folder(package: str) -> Path:
+    """The folder of an installed top-level package, without importing it."""
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", package):
+        raise PathResolutionError(f"{package!r} is not a Python package name")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        dist = package.replace("_", "-")
+        raise PathResolutionError(f"package {package!r} is not installed (try: pip install {dist})")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def resolve_local_path(value: str, base: Path) -> Path:
+    """Resolve a local path or `pkg://` URI; relative paths are relative to `base` (the workflow's folder)."""
+    if is_package_uri(value):
+        rest = value[len(PKG_PREFIX):]
+        package, _, sub = rest.partition("/")
+        folder = package_folder(package)
+        return (folder / sub).resolve() if sub else folder.resolve()
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = base / path
+    return path.resolve()

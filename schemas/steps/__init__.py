@@ -1,0 +1,19 @@
+"""The built-in step configs; importing this package registers them."""
+
+from .data import LoadDataConfig
+from .evaluate import EvaluateConfig
+from .model import ModelConfig
+from .onnx import ExportOnnxConfig, QuantizeConfig
+from .train import FinetuneConfig, LoraConfig, MergeAdapterConfig, TrainingSettings
+
+__all__ = [
+    "EvaluateConfig",
+    "ExportOnnxConfig",
+    "FinetuneConfig",
+    "LoadDataConfig",
+    "LoraConfig",
+    "MergeAdapterConfig",
+    "ModelConfig",
+    "QuantizeConfig",
+    "TrainingSettings",
+]

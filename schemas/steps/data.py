@@ -1,0 +1,69 @@
+"""`load_data`: local (or hub) data into a split, cleaned, deterministic dataset."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from ..base import DataSource, StepConfig
+from ..registry import register_step
+
+SplitName = Literal["train", "validation", "test"]
+
+
+@register_step
+class LoadDataConfig(StepConfig):
+    """Load a CSV, TSV, JSON, JSONL, Parquet or text file with `datasets`, map columns, clean and split."""
+
+    type: Literal["load_data"] = Field(description="Load and split a dataset.")
+    path: DataSource = Field(description="A local file or folder (relative to the workflow file) or a hub dataset id.")
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "text"] = Field(
+        "auto", description="The file format; `auto` goes by the file extension."
+    )
+    text: str | None = Field(None, description="The column holding the input text (classification).")
+    text_pair: str | None = Field(None, description="A second text column (sentence-pair tasks).")
+    label: str | None = Field(None, description="The column holding the label (names or integer ids).")
+    label_names: list[str] | None = Field(
+        None, min_length=2, description="Label names in id order; default: the sorted distinct labels."
+    )
+    prompt: str | None = Field(None, description="The instruction column (instruction data).")
+    response: str | None = Field(None, description="The response column (instruction data).")
+    template: str | None = Field(
+        None, description="A prompt template with `{column}` placeholders, instead of `prompt`."
+    )
+    drop_empty: bool = Field(True, description="Drop rows whose mapped text columns are empty.")
+    drop_duplicates: bool = Field(True, description="Drop exact duplicate rows (after column mapping).")
+    max_chars: int | None = Field(None, ge=1, description="Drop rows whose text is longer than this.")
+    splits: dict[SplitName, float] | Literal["existing"] = Field(
+        default_factory=lambda: {"train": 0.7, "validation": 0.1, "test": 0.2},
+        description="Split ratios (summing to 1), or `existing` to keep the splits the source already has.",
+    )
+    stratify: bool = Field(False, description="Keep label proportions equal across splits.")
+    balance: Literal["undersample", "oversample"] | None = Field(
+        None, description="Balance the train split's labels by dropping or repeating examples."
+    )
+    max_samples: int | None = Field(None, ge=1, description="Keep at most this many rows (after cleaning).")
+    seed: int = Field(42, description="Seed for shuffling, splitting and balancing.")
+
+    output_kind: ClassVar[str] = "dataset"
+
+    @model_validator(mode="after")
+    def _check(self) -> "LoadDataConfig":
+        if isinstance(self.splits, dict):
+            if "train" not in self.splits:
+                raise ValueError("splits must include `train`")
+            if any(v <= 0 for v in self.splits.values()):
+                raise ValueError("every split ratio must be greater than 0")
+            total = sum(self.splits.values())
+            if abs(total - 1.0) > 1e-6:
+                raise ValueError(f"split ratios must sum to 1 (they sum to {total:g})")
+        if self.text is None and self.prompt is None and self.template is None:
+            raise ValueError("map at least one text column: `text` (classification) or `prompt`/`template` (instructions)")
+        if self.prompt is not None and self.template is not None:
+            raise ValueError("give `prompt` or `template`, not both")
+        if self.stratify and self.label is None:
+            raise ValueError("`stratify` needs a `label` column")
+        if self.balance is not None and self.label is None:
+            raise ValueError("`balance` needs a `label` column")
+        return self
