@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..base import DataSource, StepConfig
 from ..registry import register_step
@@ -48,16 +48,21 @@ class LoadDataConfig(StepConfig):
 
     output_kind: ClassVar[str] = "dataset"
 
-    @model_validator(mode="after")
-    def _check(self) -> "LoadDataConfig":
-        if isinstance(self.splits, dict):
-            if "train" not in self.splits:
+    @field_validator("splits")
+    @classmethod
+    def _check_splits(cls, splits: dict | str) -> dict | str:
+        if isinstance(splits, dict):
+            if "train" not in splits:
                 raise ValueError("splits must include `train`")
-            if any(v <= 0 for v in self.splits.values()):
+            if any(v <= 0 for v in splits.values()):
                 raise ValueError("every split ratio must be greater than 0")
-            total = sum(self.splits.values())
+            total = sum(splits.values())
             if abs(total - 1.0) > 1e-6:
                 raise ValueError(f"split ratios must sum to 1 (they sum to {total:g})")
+        return splits
+
+    @model_validator(mode="after")
+    def _check(self) -> "LoadDataConfig":
         if self.text is None and self.prompt is None and self.template is None:
             raise ValueError("map at least one text column: `text` (classification) or `prompt`/`template` (instructions)")
         if self.prompt is not None and self.template is not None:

@@ -1,0 +1,54 @@
+"""`--set steps.tune.epochs=1`: override any field of the workflow from the command line."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import yaml
+
+from schemas.errors import ConfigError, Issue
+
+from .yaml_loader import Positions
+
+
+def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
+    """`a.b.c=value` -> (("a", "b", "c"), value); the value is read as a YAML scalar or flow collection."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--set takes KEY=VALUE (e.g. steps.tune.epochs=1), got {text!r}")
+    parts = tuple(p.strip() for p in key.strip().split("."))
+    if any(not p for p in parts):
+        raise ValueError(f"--set key {key!r} has an empty part")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ValueError(f"--set {key}: the value {raw!r} is not valid YAML ({exc})") from None
+    return parts, value
+
+
+def apply_overrides(data: dict, overrides: Sequence[str], positions: Positions) -> dict:
+    """Apply `--set` overrides to the loaded data in place; errors name the override."""
+    issues = []
+    for n, text in enumerate(overrides, 1):
+        where = f"--set #{n}"
+        try:
+            parts, value = parse_override(text)
+        except ValueError as exc:
+            issues.append(Issue(str(exc), (), where))
+            continue
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part) if isinstance(node, dict) else None
+            if child is None and isinstance(node, dict):
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                issues.append(Issue(f"cannot set {'.'.join(parts)}: {'.'.join(parts[: i + 1])} is not a mapping", parts, where))
+                break
+            node = child
+        else:
+            node[parts[-1]] = value
+            # the overridden value now comes from the command line, not the file
+            positions.origins[parts] = f"--set {text}"
+    if issues:
+        raise ConfigError(issues)
+    return data

@@ -1,0 +1,322 @@
+"""From a workflow file to a checked workflow: every problem found and reported at once.
+
+Order: YAML (syntax, duplicates, tags) -> `--set` overrides -> the header -> each step by its own
+config class -> references, kinds and cycles -> local files -> outputs -> providers. Later checks run
+even when earlier ones found problems wherever they still make sense, so the user sees everything.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import networkx as nx
+from pydantic import BaseModel, ValidationError
+
+from schemas import StepConfig, Target, Workflow, WorkflowHeader, step_types
+from schemas.base import STEP_NAME_PATTERN
+from schemas.errors import ConfigError, Issue
+from schemas.paths import PathResolutionError, is_package_uri, looks_like_hub_id, resolve_local_path
+
+from .graph import build_graph, find_cycles, run_order
+from .overrides import apply_overrides
+from .yaml_loader import Positions, load_yaml
+
+#: Execution providers and the onnxruntime distribution that ships each (checked without importing).
+PROVIDER_PACKAGES = {
+    "CPUExecutionProvider": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-qnn", "onnxruntime-directml"),
+    "AzureExecutionProvider": ("onnxruntime", "onnxruntime-gpu"),
+    "CUDAExecutionProvider": ("onnxruntime-gpu",),
+    "TensorrtExecutionProvider": ("onnxruntime-gpu",),
+    "OpenVINOExecutionProvider": ("onnxruntime-openvino",),
+    "QNNExecutionProvider": ("onnxruntime-qnn",),
+    "DmlExecutionProvider": ("onnxruntime-directml",),
+    "VitisAIExecutionProvider": ("onnxruntime-vitisai",),
+}
+
+
+@dataclass
+class LoadedWorkflow:
+    """A validated workflow with its file, folder, positions, graph and run order."""
+
+    workflow: Workflow
+    file: Path
+    positions: Positions
+    graph: nx.DiGraph
+    order: list[str]
+    warnings: list[Issue]
+
+    @property
+    def folder(self) -> Path:
+        """Relative paths in the workflow resolve against this folder."""
+        return self.file.parent
+
+
+def load_workflow(path: str | Path, overrides: Sequence[str] = ()) -> LoadedWorkflow:
+    """Read, override and validate a workflow file; raise ConfigError listing every problem."""
+    file = Path(path)
+    shown = str(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([Issue("no such workflow file", (), shown, hint="check the path")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([Issue(f"cannot read the workflow: {exc}", (), shown)]) from None
+    data, positions = load_yaml(text, shown)
+    apply_overrides(data, overrides, positions)
+    return check_workflow(data, positions, file.resolve().parent, file.resolve())
+
+
+def check_workflow(data: dict, positions: Positions, folder: Path, file: Path | None = None) -> LoadedWorkflow:
+    """Validate loaded data (see the module docstring); raise ConfigError with every issue."""
+    issues: list[Issue] = []
+    raw_steps = data.get("steps")
+    header_data = {**data, "steps": raw_steps if isinstance(raw_steps, dict) else {}}
+    header: WorkflowHeader | None = None
+    try:
+        header = WorkflowHeader.model_validate(header_data)
+    except ValidationError as exc:
+        issues += pydantic_issues(exc, WorkflowHeader, (), data, positions)
+    if "steps" in data and not isinstance(raw_steps, dict):
+        issues.append(positions.issue(("steps",), "`steps` must be a mapping of step name -> step config"))
+    elif isinstance(raw_steps, dict) and not raw_steps:
+        issues.append(positions.issue(("steps",), "the workflow has no steps"))
+
+    steps = _check_steps(raw_steps if isinstance(raw_steps, dict) else {}, positions, issues)
+    steps = {name: cfg.with_defaults_from(steps) for name, cfg in steps.items()}
+    known = set(raw_steps) if isinstance(raw_steps, dict) else set()
+    issues += _check_references(steps, known, positions)
+    graph = build_graph(steps)
+    for cycle in find_cycles(graph):
+        loop = " -> ".join(cycle + [cycle[0]])
+        issues.append(positions.issue(("steps", cycle[0]), f"the steps form a cycle: {loop}",
+                                      "a step cannot depend on its own output; remove one of these references"))
+    issues += _check_paths(steps, positions, folder)
+    outputs = data.get("outputs") if isinstance(data.get("outputs"), dict) else {}
+    for out_name, step in outputs.items():
+        if isinstance(step, str) and step not in known:
+            issues.append(positions.issue(("outputs", out_name), f"unknown step {step!r}", _did_you_mean(step, known)))
+    target = header.target if header else Target()
+    warnings = _check_providers(target, positions)
+    issues += [w for w in warnings if w.severity == "error"]
+    if issues:
+        raise ConfigError(_sorted(issues))
+    assert header is not None
+    workflow = Workflow(
+        version=header.version, name=header.name, description=header.description,
+        target=header.target, steps=steps, outputs=dict(header.outputs),
+    )
+    return LoadedWorkflow(workflow, file or folder / "<workflow>", positions, graph, run_order(graph),
+                          [w for w in warnings if w.severity != "error"])
+
+
+def _check_steps(raw: dict, positions: Positions, issues: list[Issue]) -> dict[str, StepConfig]:
+    import re
+
+    types = step_types()
+    steps: dict[str, StepConfig] = {}
+    for name, body in raw.items():
+        path = ("steps", name)
+        if not isinstance(name, str) or not re.match(STEP_NAME_PATTERN, name):
+            issues.append(positions.issue(path, f"invalid step name {name!r}",
+                                          "use letters, digits, `_` and `-`, starting with a letter", prefer_key=True))
+            continue
+        if not isinstance(body, dict):
+            issues.append(positions.issue(path, "a step must be a mapping with a `type`"))
+            continue
+        step_type = body.get("type")
+        if step_type is None:
+            issues.append(positions.issue(path, "missing `type`", f"one of: {', '.join(types)}"))
+            continue
+        cls = types.get(step_type) if isinstance(step_type, str) else None
+        if cls is None:
+            hint = _did_you_mean(str(step_type), types) or f"one of: {', '.join(types)}"
+            issues.append(positions.issue(path + ("type",), f"unknown step type {step_type!r}", hint))
+            continue
+        try:
+            steps[name] = cls.model_validate(body)
+        except ValidationError as exc:
+            issues += pydantic_issues(exc, cls, path, body, positions)
+    return steps
+
+
+def _check_references(steps: dict[str, StepConfig], known: set, positions: Positions) -> list[Issue]:
+    issues = []
+    for name, cfg in steps.items():
+        for fld, (spec, is_list) in cfg.reference_fields().items():
+            value = getattr(cfg, fld)
+            if value is None:
+                continue
+            for i, target in enumerate(value if is_list else [value]):
+                path = ("steps", name, fld) + ((i,) if is_list else ())
+                if target == name:
+                    issues.append(positions.issue(path, f"step {name!r} references itself"))
+                elif target not in known:
+                    issues.append(positions.issue(path, f"unknown step {target!r}", _did_you_mean(target, known)))
+                elif target in steps and steps[target].output_kind not in spec.kinds:
+                    produced = steps[target].output_kind
+                    issues.append(positions.issue(
+                        path,
+                        f"{cfg.step_type()} needs {' or '.join(_a(k) for k in spec.kinds)}; "
+                        f"{target!r} produces {_a(produced)}",
+                        _bridge_hint(produced, spec.kinds),
+                    ))
+    return issues
+
+
+def _check_paths(steps: dict[str, StepConfig], positions: Positions, folder: Path) -> list[Issue]:
+    issues = []
+    for name, cfg in steps.items():
+        for fld, (spec, is_list) in cfg.path_fields().items():
+            value = getattr(cfg, fld)
+            for i, item in enumerate(value if is_list else [value] if value is not None else []):
+                path = ("steps", name, fld) + ((i,) if is_list else ())
+                if spec.allow_remote and not is_package_uri(item) and looks_like_hub_id(item, folder):
+                    continue  # a hub id: resolved (and reported if unreachable) when the step runs
+                try:
+                    resolved = resolve_local_path(item, folder)
+                except PathResolutionError as exc:
+                    issues.append(positions.issue(path, str(exc)))
+                    continue
+                if spec.must_exist and not resolved.exists():
+                    issues.append(positions.issue(path, f"{item!r} does not exist (looked for {resolved})",
+                                                  "relative paths are relative to the workflow file's folder"))
+    return issues
+
+
+def _check_providers(target: Target, positions: Positions) -> list[Issue]:
+    """Refuse (fallback: error) or warn about (fallback: cpu) providers whose package is not installed."""
+    issues = []
+    for i, provider in enumerate(target.resolved_providers()):
+        packages = PROVIDER_PACKAGES.get(provider)
+        if packages is None:
+            continue  # an unknown or plugin provider: checked by the session that loads it
+        if any(_installed(p) for p in packages):
+            continue
+        path = ("target", "providers", i) if target.providers else ("target", "device")
+        severity = "error" if target.fallback == "error" else "warning"
+        message = f"{provider} is not available: install {' or '.join(packages)}"
+        hint = "or set `target.fallback: cpu` to run on the CPU instead" if severity == "error" else "falling back to the CPU"
+        issues.append(positions.issue(path, message, hint, severity=severity))
+    return issues
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.distribution(distribution)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def pydantic_issues(exc: ValidationError, cls: type[BaseModel], prefix: tuple, data: Any,
+                    positions: Positions) -> list[Issue]:
+    """Map Pydantic's errors to issues with the file position, the field path and a hint."""
+    grouped: dict[tuple, list[str]] = {}
+    hints: dict[tuple, str | None] = {}
+    extra_keys: set[tuple] = set()
+    for err in exc.errors(include_url=False):
+        loc = _data_path(err["loc"], data)
+        path = prefix + loc
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            fields = _fields_at(cls, loc[:-1])
+            grouped.setdefault(path, []).append(f"unknown field {loc[-1]!r}")
+            hints[path] = _did_you_mean(str(loc[-1]), fields) or (f"fields here: {', '.join(fields)}" if fields else None)
+            extra_keys.add(path)
+            continue
+        message = err["msg"].removeprefix("Value error, ")
+        if kind == "missing":
+            message = f"missing required field {loc[-1]!r}" if loc else "missing required field"
+            fld = _field_info(cls, loc)
+            hints[path] = fld.description if fld is not None else None
+            path = prefix + loc[:-1] if loc else prefix
+            grouped.setdefault(path, []).append(message)
+            continue
+        grouped.setdefault(path, []).append(message)
+        hints.setdefault(path, None)
+    out = []
+    for path, messages in grouped.items():
+        unique = list(dict.fromkeys(messages))
+        out.append(positions.issue(path, " or ".join(unique), hints.get(path), prefer_key=path in extra_keys))
+    return out
+
+
+def _data_path(loc: tuple, data: Any) -> tuple:
+    """Drop the parts of a Pydantic loc that are union-branch or validator names, not data keys."""
+    out: list = []
+    node = data
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+            out.append(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+            out.append(part)
+        elif i == len(loc) - 1 and isinstance(node, dict) and not _looks_like_type_name(part):
+            out.append(part)  # a missing field or an unknown key
+    return tuple(out)
+
+
+def _looks_like_type_name(part: Any) -> bool:
+    return isinstance(part, str) and any(c in part for c in "[](),'\"") or part in ("str", "int", "float", "bool")
+
+
+def _fields_at(cls: type[BaseModel], loc: tuple) -> list[str]:
+    model = _model_at(cls, loc)
+    return list(model.model_fields) if model else []
+
+
+def _model_at(cls: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    model: Any = cls
+    for part in loc:
+        info = model.model_fields.get(part) if isinstance(part, str) else None
+        ann = info.annotation if info else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def _field_info(cls: type[BaseModel], loc: tuple) -> Any:
+    model = _model_at(cls, loc[:-1]) if loc else None
+    return model.model_fields.get(loc[-1]) if model and isinstance(loc[-1], str) else None
+
+
+#: Names people carry over from other tools, for "did you mean" hints.
+_ALIASES = {
+    "lr": "learning_rate", "num_epochs": "epochs", "num_train_epochs": "epochs", "lora_r": "r", "rank": "r",
+    "lora_alpha": "alpha", "lora_dropout": "dropout", "per_device_train_batch_size": "batch_size",
+    "model_name_or_path": "path", "data_files": "path", "file": "path", "scheduler": "lr_scheduler",
+    "warmup": "warmup_ratio", "fp16": "precision", "bf16": "precision", "provider": "providers",
+}
+
+
+def _did_you_mean(word: str, choices: Any) -> str | None:
+    choices = [str(c) for c in choices]
+    if _ALIASES.get(word) in choices:
+        return f"did you mean {_ALIASES[word]!r}?"
+    match = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"did you mean {match[0]!r}?" if match else None
+
+
+def _a(kind: str) -> str:
+    return ("an " if kind[0] in "aeiou" or kind.startswith("hf_") else "a ") + kind
+
+
+def _bridge_hint(produced: str, wanted: tuple[str, ...]) -> str | None:
+    """Which step type turns `produced` into one of `wanted` (e.g. hf_model -> export_onnx -> onnx_model)."""
+    for name, cls in step_types().items():
+        if cls.output_kind not in wanted:
+            continue
+        for spec, _ in cls.reference_fields().values():
+            if produced in spec.kinds:
+                return f"add {_a(name)} step in between (it takes {_a(produced)} and produces {_a(cls.output_kind)})"
+    return None
+
+
+def _sorted(issues: list[Issue]) -> list[Issue]:
+    return sorted(issues, key=lambda i: (i.file, i.line or 0, i.column or 0, str(i.path)))

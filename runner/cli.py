@@ -1,0 +1,274 @@
+"""`pipeline`: a thin command line. Each command parses its arguments, calls one function, renders.
+
+Exit codes: 0 success; 1 a step failed (or `cache verify` found damage); 2 the workflow or the command
+line is invalid; 130 interrupted. Heavy libraries are never imported here: `validate`, `plan`,
+`schema`, `passes` and `--help` answer in well under a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from schemas.errors import ConfigError, PipelineError
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _load(args: argparse.Namespace):
+    from pipelines.validate import load_workflow
+
+    return load_workflow(args.workflow, getattr(args, "set", None) or ())
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Check a workflow and print every problem at once."""
+    loaded = _load(args)
+    for w in loaded.warnings:
+        err.print(w.format(), style="yellow", markup=False)
+    out.print(f"{args.workflow}: valid ({len(loaded.order)} steps: {' -> '.join(loaded.order)})", markup=False)
+    return EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Show the run order, each step's key and whether it will run, and why."""
+    from .execute import plan_workflow
+
+    loaded = _load(args)
+    rows = plan_workflow(loaded, args.cache_dir)
+    if args.json:
+        out.print_json(json.dumps([r.__dict__ for r in rows]))
+        return EXIT_OK
+    table = Table(title=f"plan: {loaded.workflow.name}", title_justify="left")
+    for col in ("step", "type", "produces", "key", "status"):
+        table.add_column(col)
+    for r in rows:
+        status = "cached" if r.status == "cached" else f"{r.status}: {r.reason}"
+        table.add_row(r.name, r.type, r.kind, r.key[:12] if r.key else "(pending)", status,
+                      style="dim" if r.status == "cached" else None)
+    out.print(table)
+    todo = sum(r.status != "cached" for r in rows)
+    out.print(f"{todo} of {len(rows)} steps will run", markup=False)
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Validate, then run what is not cached."""
+    from .execute import RunOptions, run_workflow
+
+    loaded = _load(args)
+    options = RunOptions(cache_dir=args.cache_dir, output=args.output, force=args.force or (),
+                         only=args.only or (), fail_fast=args.fail_fast, quiet=args.quiet)
+    result = run_workflow(loaded, options)
+    return result.exit_code
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the workflow format's JSON Schema."""
+    from schemas.jsonschema import workflow_json_schema
+
+    text = json.dumps(workflow_json_schema(), indent=2)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    else:
+        sys.stdout.write(text + "\n")
+    return EXIT_OK
+
+
+def cmd_passes(args: argparse.Namespace) -> int:
+    """List the step types, or one type's fields with defaults and descriptions."""
+    from schemas import step_types
+
+    types = step_types()
+    if args.type:
+        if args.type not in types:
+            from pipelines.validate import _did_you_mean
+
+            hint = _did_you_mean(args.type, types)
+            err.print(f"unknown step type {args.type!r}" + (f"; {hint}" if hint else ""), markup=False)
+            return EXIT_INVALID
+        cls = types[args.type]
+        out.print(f"[bold]{args.type}[/bold]: {cls.__doc__.strip().splitlines()[0]} (produces {cls.output_kind})")
+        table = Table(show_lines=False)
+        for col in ("field", "type", "default", "description"):
+            table.add_column(col, overflow="fold")
+        refs = cls.reference_fields()
+        for name, info in cls.model_fields.items():
+            if name == "type":
+                continue
+            kind = f"ref -> {' | '.join(refs[name][0].kinds)}" if name in refs else _type_name(info.annotation)
+            default = "(required)" if info.is_required() else repr(info.get_default(call_default_factory=True))
+            table.add_row(name, kind, default, info.description or "")
+        out.print(table)
+        return EXIT_OK
+    table = Table(title="step types", title_justify="left")
+    for col in ("type", "produces", "takes", "description"):
+        table.add_column(col)
+    for name, cls in types.items():
+        takes = ", ".join(f"{f}: {'|'.join(s.kinds)}" for f, (s, _) in cls.reference_fields().items()) or "-"
+        table.add_row(name, cls.output_kind, takes, (cls.__doc__ or "").strip().splitlines()[0])
+    out.print(table)
+    return EXIT_OK
+
+
+def _type_name(annotation) -> str:
+    text = getattr(annotation, "__name__", None) or str(annotation)
+    return re.sub(r"typing\.|Literal", "", text).replace("NoneType", "None")
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    """Look after the artifact cache: ls, verify, gc, clear."""
+    from .cache import Cache
+
+    cache = Cache(args.cache_dir)
+    if args.cache_command == "ls":
+        entries = cache.entries()
+        table = Table(title=f"cache {cache.root}", title_justify="left")
+        for col in ("key", "step", "type", "kind", "size", "created", "last used"):
+            table.add_column(col)
+        for e in entries:
+            table.add_row(e.key[:12], e.step, e.pass_type, e.kind, _size(e.size), _age(e.created), _age(e.last_used))
+        out.print(table)
+        out.print(f"{len(entries)} artifacts, {_size(sum(e.size for e in entries))}", markup=False)
+        return EXIT_OK
+    if args.cache_command == "verify":
+        bad = 0
+        entries = cache.entries()
+        for e in entries:
+            problems = cache.verify(e.key)
+            if problems:
+                bad += 1
+                out.print(f"{e.key[:12]} {e.step}: DAMAGED: {'; '.join(problems[:5])}", style="red", markup=False)
+                if args.repair:
+                    cache.remove(e.key)
+                    out.print("  removed: the next run rebuilds it", markup=False)
+        out.print(f"{len(entries)} artifacts checked, {bad} damaged", markup=False)
+        return EXIT_FAILED if bad and not args.repair else EXIT_OK
+    if args.cache_command == "gc":
+        removed, size = cache.gc(_duration(args.older_than), dry_run=args.dry_run)
+        verb = "would remove" if args.dry_run else "removed"
+        for e in removed:
+            out.print(f"{verb} {e.key[:12]} {e.step} ({_size(e.size)}, last used {_age(e.last_used)})", markup=False)
+        out.print(f"{verb} {len(removed)} artifacts, {_size(size)}", markup=False)
+        return EXIT_OK
+    if args.cache_command == "clear":
+        if not args.yes:
+            if not sys.stdin.isatty():
+                err.print("refusing to empty the cache without --yes", markup=False)
+                return EXIT_INVALID
+            if input(f"empty the cache at {cache.root}? [y/N] ").strip().lower() != "y":
+                return EXIT_OK
+        cache.clear()
+        out.print(f"emptied {cache.root}", markup=False)
+        return EXIT_OK
+    return EXIT_INVALID
+
+
+def _duration(text: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw]?)", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"bad duration {text!r} (e.g. 30d, 12h, 0s)")
+    return float(match.group(1)) * {"": 86400, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _age(ts: float) -> str:
+    import time
+
+    s = max(0, time.time() - ts)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{s / size:.0f}{unit} ago"
+    return f"{s:.0f}s ago"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used to document the CLI)."""
+    parser = argparse.ArgumentParser(
+        prog="pipeline", description="Declarative fine-tune -> ONNX -> quantize -> evaluate workflows with a content-addressed cache.",
+        epilog="exit codes: 0 ok, 1 a step failed, 2 invalid workflow or arguments, 130 interrupted",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def workflow_cmd(name: str, help_: str, func) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("workflow", help="the workflow YAML file")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. steps.tune.epochs=1")
+        p.set_defaults(func=func)
+        return p
+
+    workflow_cmd("validate", "check a workflow; every error at once with file:line:column", cmd_validate)
+    p = workflow_cmd("plan", "the steps in run order, their cache keys and what will run and why", cmd_plan)
+    p.add_argument("--cache-dir", type=Path, help="the artifact cache (default $XDG_CACHE_HOME/pipeline)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p = workflow_cmd("run", "validate, then run every step that is not cached", cmd_run)
+    p.add_argument("--force", action="append", metavar="STEP", help="run STEP even if it is cached (repeatable)")
+    p.add_argument("--only", action="append", metavar="STEP", help="run only STEP and what it needs (repeatable)")
+    p.add_argument("--output", type=Path, help="output folder (default ./outputs/<workflow name>)")
+    p.add_argument("--cache-dir", type=Path, help="the artifact cache (default $XDG_CACHE_HOME/pipeline)")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first failing step")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors (the log file still gets everything)")
+
+    p = sub.add_parser("schema", help="print the JSON Schema of the workflow format (for editors)")
+    p.add_argument("--output", "-o", help="write it to this file")
+    p.set_defaults(func=cmd_schema)
+    p = sub.add_parser("passes", help="list the step types, or one type's fields")
+    p.add_argument("type", nargs="?", help="a step type, e.g. lora")
+    p.set_defaults(func=cmd_passes)
+
+    p = sub.add_parser("cache", help="look after the artifact cache")
+    p.add_argument("--cache-dir", type=Path, help="the artifact cache (default $XDG_CACHE_HOME/pipeline)")
+    csub = p.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    csub.add_parser("ls", help="artifacts with sizes and ages")
+    v = csub.add_parser("verify", help="check every artifact against its manifest's digests")
+    v.add_argument("--repair", action="store_true", help="remove damaged artifacts so the next run rebuilds them")
+    g = csub.add_parser("gc", help="drop artifacts no run used recently, and stale temporary folders")
+    g.add_argument("--older-than", default="30d", help="unused for this long (e.g. 30d, 12h, 0s; default 30d)")
+    g.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    c = csub.add_parser("clear", help="empty the cache")
+    c.add_argument("--yes", action="store_true", help="do not ask")
+    p.set_defaults(func=cmd_cache)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `pipeline` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            err.print(issue.format(), markup=False)
+        err.print(f"{len(exc.issues)} problem{'s' if len(exc.issues) != 1 else ''}: nothing was run", style="red")
+        return EXIT_INVALID
+    except argparse.ArgumentTypeError as exc:
+        err.print(str(exc), markup=False)
+        return EXIT_INVALID
+    except PipelineError as exc:
+        err.print(str(exc), markup=False, style="red")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        err.print("interrupted", style="red")
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

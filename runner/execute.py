@@ -1,0 +1,332 @@
+"""Running a checked workflow: keys, cache hits, building under a lock, failures, outputs.
+
+Steps run in topological order in this process. A step whose key is in the cache is not run. A step
+that fails is recorded (never cached); the steps that depend on it are skipped and the others still
+run, unless `fail_fast`. The run leaves `run.json`, `report.md` and `logs/run.log` in the output folder.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from passes import Artifact, PassError, get_pass
+from pipelines.graph import downstream_of, needed_for
+from pipelines.validate import LoadedWorkflow
+from schemas import Target
+from schemas.errors import ConfigError, Issue, PipelineError
+from schemas.paths import is_package_uri, looks_like_hub_id, resolve_local_path
+
+from .cache import Cache
+from .console import RunConsole
+from .keys import KeyParts, explain_change, key_parts
+
+
+@dataclass
+class RunOptions:
+    """What `pipeline run` was asked to do besides the workflow itself."""
+
+    cache_dir: Path | None = None
+    output: Path | None = None
+    force: Sequence[str] = ()
+    only: Sequence[str] = ()
+    fail_fast: bool = False
+    quiet: bool = False
+
+
+@dataclass
+class StepRecord:
+    """What happened to one step in a run."""
+
+    name: str
+    type: str
+    kind: str
+    status: str = "pending"  # ran | cached | failed | skipped
+    key: str | None = None
+    seconds: float = 0.0
+    summary: str | None = None
+    error: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    """The outcome of a run: status (ok / failed / interrupted), the steps and where outputs went."""
+
+    status: str
+    steps: dict[str, StepRecord]
+    output_dir: Path
+    started: float
+    finished: float
+
+    @property
+    def exit_code(self) -> int:
+        """0 ok, 1 a step failed, 130 interrupted."""
+        return {"ok": 0, "failed": 1}.get(self.status, 130)
+
+
+class RunnerContext:
+    """The `StepContext` the runner gives a pass."""
+
+    def __init__(self, step: str, out_dir: Path, target: Target, workflow_dir: Path, console: RunConsole):
+        self.step, self.out_dir, self.target, self.workflow_dir = step, out_dir, target, workflow_dir
+        self._console = console
+
+    def log(self, message: str) -> None:
+        """A line under the step, on the console and in the run log."""
+        for text in str(message).splitlines() or [""]:
+            self._console.line(f"      {text}")
+
+    def progress(self, total: float | None, description: str):
+        """A progress bar for long work."""
+        return self._console.progress(total, description)
+
+    def resolve_path(self, value: str) -> Path:
+        """Resolve a workflow path (relative to the workflow file, or `pkg://`)."""
+        return resolve_local_path(value, self.workflow_dir)
+
+
+def workflow_id(loaded: LoadedWorkflow) -> str:
+    """Identifies a workflow file for the cache's history (its resolved path)."""
+    return str(loaded.file)
+
+
+def compute_parts(loaded: LoadedWorkflow, name: str, artifacts: dict[str, Artifact], cache: Cache) -> KeyParts | None:
+    """The key parts of a step; None while one of its inputs has not been built."""
+    config = loaded.workflow.steps[name]
+    pass_cls = get_pass(config.step_type())
+    inputs: dict[str, Any] = {}
+    for fld, targets in config.references().items():
+        if any(t not in artifacts for t in targets):
+            return None
+        digests = [artifacts[t].digest for t in targets]
+        inputs[fld] = digests if config.reference_fields()[fld][1] else digests[0]
+    external: dict[str, Any] = {}
+    for fld, (spec, is_list) in config.path_fields().items():
+        value = getattr(config, fld)
+        if value is None:
+            continue
+        values = value if is_list else [value]
+        digests = [_external_digest(v, spec.allow_remote, loaded.folder, cache, getattr(config, "revision", None)) for v in values]
+        external[fld] = digests if is_list else digests[0]
+    return key_parts(config, pass_cls.version, pass_cls.packages, inputs, external, loaded.workflow.target)
+
+
+def _external_digest(value: str, allow_remote: bool, folder: Path, cache: Cache, revision: str | None) -> Any:
+    if allow_remote and not is_package_uri(value) and looks_like_hub_id(value, folder):
+        return {"hub": value, "revision": _hub_commit(value, revision)}
+    return cache.fingerprints.digest(resolve_local_path(value, folder))
+
+
+def _hub_commit(repo: str, revision: str | None) -> str:
+    """A hub id enters the key by its resolved commit; unreachable hub -> a clear error."""
+    if revision and len(revision) == 40 and all(c in "0123456789abcdef" for c in revision):
+        return revision
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        raise PipelineError(
+            f"{repo!r} looks like a Hugging Face hub id, but HF_HUB_OFFLINE is set: download it to a "
+            "local folder and point `path` at it (or pin `revision` to a full commit hash)"
+        )
+    try:
+        from huggingface_hub import HfApi
+
+        for getter in (HfApi().model_info, HfApi().dataset_info):
+            try:
+                return getter(repo, revision=revision).sha
+            except Exception:  # noqa: BLE001 - try the other repo type, then report
+                continue
+    except ImportError:
+        pass
+    raise PipelineError(
+        f"cannot resolve {repo!r} on the Hugging Face hub (not reachable, or no such repository): "
+        "download it to a local folder and point `path` at it"
+    )
+
+
+def run_workflow(loaded: LoadedWorkflow, options: RunOptions) -> RunResult:
+    """Run the workflow (see the module docstring); never raises for a failing step."""
+    from .report import copy_outputs, write_run_files
+
+    steps = loaded.workflow.steps
+    _check_names(loaded, options)
+    cache = Cache(options.cache_dir)
+    out_dir = Path(options.output) if options.output else Path.cwd() / "outputs" / loaded.workflow.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    console = RunConsole(out_dir / "logs" / "run.log", quiet=options.quiet)
+    selected = needed_for(loaded.graph, options.only) if options.only else set(steps)
+    order = [n for n in loaded.order if n in selected]
+    records = {n: StepRecord(n, steps[n].step_type(), steps[n].output_kind) for n in order}
+    artifacts: dict[str, Artifact] = {}
+    started = time.time()
+    status = "ok"
+    console.line(f"workflow {loaded.workflow.name}: {len(order)} steps, cache {cache.root}")
+    for w in loaded.warnings:
+        console.line(w.format(), style="yellow")
+    try:
+        for i, name in enumerate(order, 1):
+            record = records[name]
+            blocked = [u for u in loaded.graph.predecessors(name) if records[u].status in ("failed", "skipped")]
+            if blocked:
+                record.status, record.error = "skipped", f"upstream step {blocked[0]!r} did not finish"
+                console.line(f"[{i}/{len(order)}] {name}: skipped ({record.error})", style="yellow")
+                continue
+            if status == "failed" and options.fail_fast:
+                record.status, record.error = "skipped", "--fail-fast: an earlier step failed"
+                continue
+            _run_step(loaded, name, i, len(order), record, artifacts, cache, console, name in options.force)
+            if record.status == "failed":
+                status = "failed"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        console.line("interrupted: nothing half-built was kept in the cache", style="red")
+    finally:
+        cache.fingerprints.close()
+    if status != "interrupted":
+        copy_outputs(loaded, records, artifacts, out_dir, console)
+    result = RunResult(status, records, out_dir, started, time.time())
+    write_run_files(loaded, result, artifacts, options)
+    verdict = {"ok": "finished", "failed": "FAILED", "interrupted": "interrupted"}[status]
+    failed = [r.name for r in records.values() if r.status == "failed"]
+    console.line(
+        f"run {verdict} in {result.finished - started:.1f} s"
+        + (f" (failed: {', '.join(failed)})" if failed else "")
+        + f"; outputs, run.json and report.md in {out_dir}",
+        style="green" if status == "ok" else "red",
+    )
+    console.close()
+    return result
+
+
+def _check_names(loaded: LoadedWorkflow, options: RunOptions) -> None:
+    issues = []
+    for flag, names in (("--force", options.force), ("--only", options.only)):
+        for n in names:
+            if n not in loaded.workflow.steps:
+                from pipelines.validate import _did_you_mean
+
+                issues.append(Issue(f"{flag} {n}: no such step", (), "command line", hint=_did_you_mean(n, loaded.workflow.steps)))
+    if issues:
+        raise ConfigError(issues)
+
+
+def _run_step(loaded: LoadedWorkflow, name: str, i: int, n: int, record: StepRecord, artifacts: dict[str, Artifact],
+              cache: Cache, console: RunConsole, force: bool) -> None:
+    head = f"[{i}/{n}] {name} ({record.type})"
+    t0 = time.monotonic()
+    try:
+        parts = compute_parts(loaded, name, artifacts, cache)
+        assert parts is not None, "inputs are built before their consumers"
+        record.key = key = parts.key
+        artifact = None if force else cache.lookup(key)
+        if artifact is None:
+            def waiting() -> None:
+                console.line(f"{head}: waiting for another run that is building it ({key[:12]})")
+
+            with cache.lock(key, on_wait=waiting):
+                artifact = None if force else cache.lookup(key)
+                if artifact is None:
+                    console.line(f"{head}: started ({key[:12]})", style="bold")
+                    artifact = _build(loaded, name, key, parts, cache, console, force, artifacts)
+                    record.status = "ran"
+        if record.status != "ran":
+            record.status = "cached"
+        cache.record(workflow_id(loaded), name, parts.as_dict())
+    except KeyboardInterrupt:
+        record.status, record.error, record.seconds = "failed", "interrupted", time.monotonic() - t0
+        raise
+    except Exception as exc:  # noqa: BLE001 - a failing step must not take the run down
+        record.status, record.seconds = "failed", time.monotonic() - t0
+        record.error = _describe(exc)
+        console.write_log(traceback.format_exc())
+        console.line(f"{head}: FAILED after {record.seconds:.1f} s: {record.error}", style="red")
+        return
+    record.seconds = time.monotonic() - t0
+    artifacts[name] = artifact
+    record.meta = artifact.meta
+    record.summary = artifact.meta.get("summary")
+    tail = f" · {record.summary}" if record.summary else ""
+    if record.status == "cached":
+        console.line(f"{head}: cached ({key[:12]}){tail}", style="dim")
+    else:
+        console.line(f"{head}: finished in {record.seconds:.1f} s ({key[:12]}){tail}", style="green")
+
+
+def _build(loaded: LoadedWorkflow, name: str, key: str, parts: KeyParts, cache: Cache, console: RunConsole,
+           replace: bool, artifacts: dict[str, Artifact]) -> Artifact:
+    config = loaded.workflow.steps[name]
+    pass_cls = get_pass(config.step_type())
+    inputs: dict[str, Any] = {}
+    for fld, targets in config.references().items():
+        found = [artifacts[t] for t in targets]
+        inputs[fld] = found if config.reference_fields()[fld][1] else found[0]
+    with cache.workdir(key) as work:
+        ctx = RunnerContext(name, work / "data", loaded.workflow.target, loaded.folder, console)
+        meta = pass_cls(config).run(inputs, ctx)
+        if not isinstance(meta, dict):
+            raise TypeError(f"{pass_cls.__name__}.run must return a dict of metadata, not {type(meta).__name__}")
+        if replace:
+            cache.remove(key)
+        return cache.commit(key, work, kind=config.output_kind, step=name, pass_type=config.step_type(),
+                            meta=meta, key_parts=parts.as_dict())
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, (PassError, PipelineError)):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+@dataclass
+class PlanRow:
+    """One line of `pipeline plan`."""
+
+    name: str
+    type: str
+    kind: str
+    key: str | None
+    status: str  # cached | will run | unknown
+    reason: str
+
+
+def plan_workflow(loaded: LoadedWorkflow, cache_dir: Path | None = None) -> list[PlanRow]:
+    """Each step in run order with its key and whether it is cached, and if not, why it will run."""
+    cache = Cache(cache_dir)
+    history = cache.history(workflow_id(loaded))
+    artifacts: dict[str, Artifact] = {}
+    rows = []
+    pending: set[str] = set()
+    try:
+        for name in loaded.order:
+            cfg = loaded.workflow.steps[name]
+            row = PlanRow(name, cfg.step_type(), cfg.output_kind, None, "will run", "")
+            try:
+                parts = compute_parts(loaded, name, artifacts, cache)
+            except PipelineError as exc:
+                row.status, row.reason = "unknown", str(exc)
+                pending.add(name)
+                rows.append(row)
+                continue
+            if parts is None:
+                waits = sorted(set(loaded.graph.predecessors(name)) & pending)
+                row.reason = f"input will be rebuilt ({', '.join(waits)})"
+                pending.add(name)
+            else:
+                row.key = parts.key
+                art = cache.lookup(parts.key, touch=False)
+                if art is not None:
+                    row.status, row.reason = "cached", ""
+                    artifacts[name] = art
+                else:
+                    row.reason = explain_change(history.get(name), parts)
+                    pending.add(name)
+            rows.append(row)
+    finally:
+        cache.fingerprints.close()
+    return rows
+
+
+__all__ = ["RunOptions", "RunResult", "StepRecord", "PlanRow", "run_workflow", "plan_workflow", "downstream_of"]

@@ -1,0 +1,134 @@
+"""Small fake passes for engine tests: no ML library, registered as a plugin (PIPELINE_PLUGINS=tests.fakes)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from passes.base import Pass, PassError
+from passes.registry import register_pass
+from schemas import Dataset, HfModel, Ref, StepConfig, register_step
+from schemas.base import LocalPath
+
+
+def _count(step: str) -> None:
+    counter = os.environ.get("FAKE_COUNTER")
+    if counter:
+        with open(counter, "a") as f:
+            f.write(step + "\n")
+
+
+@register_step
+class FakeSourceConfig(StepConfig):
+    """Read a local text file."""
+
+    type: Literal["fake_source"] = Field(description="test source")
+    path: LocalPath = Field(description="a text file")
+    upper: bool = Field(False, description="upper-case the text")
+    verbose: bool = Field(False, description="logging only; not keyed")
+
+    output_kind: ClassVar[str] = "dataset"
+    key_exclude: ClassVar[frozenset[str]] = frozenset({"verbose"})
+
+
+@register_step
+class FakeAppendConfig(StepConfig):
+    """Append a suffix to the input's text; can fail or sleep."""
+
+    type: Literal["fake_append"] = Field(description="test transform")
+    data: Ref[Dataset] = Field(description="input")
+    suffix: str = Field("!", description="what to append")
+    fail: bool = Field(False, description="raise after writing half the output")
+    sleep: float = Field(0.0, ge=0, description="seconds to sleep while working")
+
+    output_kind: ClassVar[str] = "dataset"
+
+
+@register_step
+class FakeTrainConfig(StepConfig):
+    """Turn a dataset into a 'model'."""
+
+    type: Literal["fake_train"] = Field(description="test model producer")
+    data: Ref[Dataset] = Field(description="input")
+    epochs: int = Field(1, ge=1, le=100, description="epochs")
+
+    output_kind: ClassVar[str] = "hf_model"
+
+
+@register_step
+class FakeJoinConfig(StepConfig):
+    """Concatenate several inputs."""
+
+    type: Literal["fake_join"] = Field(description="test fan-in")
+    parts: list[Ref[Dataset, HfModel]] = Field(min_length=1, description="inputs")
+
+    output_kind: ClassVar[str] = "dataset"
+
+
+@register_pass
+class FakeSource(Pass[FakeSourceConfig]):
+    """Copies the file."""
+
+    config_class = FakeSourceConfig
+    version = 1
+
+    def run(self, inputs, ctx):
+        _count(ctx.step)
+        text = ctx.resolve_path(self.config.path).read_text()
+        (ctx.out_dir / "text.txt").write_text(text.upper() if self.config.upper else text)
+        return {"summary": f"{len(text)} chars", "chars": len(text)}
+
+
+@register_pass
+class FakeAppend(Pass[FakeAppendConfig]):
+    """Appends a suffix."""
+
+    config_class = FakeAppendConfig
+    version = int(os.environ.get("FAKE_APPEND_VERSION", "1"))
+
+    def run(self, inputs, ctx):
+        _count(ctx.step)
+        text = (inputs["data"].path / "text.txt").read_text()
+        (ctx.out_dir / "text.txt").write_text(text[: len(text) // 2])
+        if self.config.sleep:
+            with ctx.progress(10, "sleeping") as bar:
+                for _ in range(10):
+                    time.sleep(self.config.sleep / 10)
+                    bar.advance(1)
+        if self.config.fail:
+            raise PassError("asked to fail")
+        (ctx.out_dir / "text.txt").write_text(text + self.config.suffix)
+        return {"summary": f"appended {self.config.suffix!r}", "metrics": {"length": len(text) + len(self.config.suffix)}}
+
+
+@register_pass
+class FakeTrain(Pass[FakeTrainConfig]):
+    """Writes a 'model'."""
+
+    config_class = FakeTrainConfig
+
+    def run(self, inputs, ctx):
+        _count(ctx.step)
+        text = (inputs["data"].path / "text.txt").read_text()
+        (ctx.out_dir / "model.txt").write_text(text * self.config.epochs)
+        return {"task": "text-classification"}
+
+
+@register_pass
+class FakeJoin(Pass[FakeJoinConfig]):
+    """Joins inputs."""
+
+    config_class = FakeJoinConfig
+
+    def run(self, inputs, ctx):
+        _count(ctx.step)
+        texts = []
+        for art in inputs["parts"]:
+            for f in sorted(Path(art.path).glob("*.txt")):
+                texts.append(f.read_text())
+        (ctx.out_dir / "text.txt").write_text("|".join(texts))
+        return {"parts": len(texts)}
