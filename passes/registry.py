@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import importlib.util
 
 from schemas import get_step_type
 from schemas.registry import load_plugins
@@ -12,16 +11,18 @@ from .base import Pass
 
 _PASSES: dict[str, type[Pass]] = {}
 
-#: Modules holding the built-in passes (light to import: heavy libraries load inside `run`).
-BUILTIN_MODULES = (
-    "passes.model",
-    "passes.data",
-    "passes.train",
-    "passes.onnx_export",
-    "passes.quantize",
-    "passes.evaluate",
-)
-_loaded = False
+#: Where each built-in pass lives. A module is imported only when a workflow uses one of its step
+#: types (as Olive does), and its heavy libraries only inside `run`.
+BUILTIN_PASSES = {
+    "model": "passes.model",
+    "load_data": "passes.data",
+    "lora": "passes.train",
+    "finetune": "passes.train",
+    "merge_adapter": "passes.train",
+    "export_onnx": "passes.onnx_export",
+    "quantize": "passes.quantize",
+    "evaluate": "passes.evaluate",
+}
 
 
 def register_pass(cls: type[Pass]) -> type[Pass]:
@@ -43,22 +44,18 @@ def unregister_pass(name: str) -> None:
 
 
 def load_passes() -> None:
-    """Import the built-in pass modules and the plugins named in `PIPELINE_PLUGINS` (comma-separated)."""
-    global _loaded
-    if not _loaded:
-        for module in BUILTIN_MODULES:
-            # a built-in module that is missing is a packaging bug, caught by
-            # tests/passes/test_registry.py (every step type has a pass); skip it here so that the
-            # other passes stay usable
-            if importlib.util.find_spec(module) is not None:
-                importlib.import_module(module)
-        _loaded = True
+    """Import every built-in pass module and the plugins named in `PIPELINE_PLUGINS` (comma-separated)."""
+    for module in sorted(set(BUILTIN_PASSES.values())):
+        importlib.import_module(module)
     load_plugins()
 
 
 def get_pass(name: str) -> type[Pass]:
     """The pass class for a step type."""
-    load_passes()
+    if name not in _PASSES:
+        if name in BUILTIN_PASSES:
+            importlib.import_module(BUILTIN_PASSES[name])
+        load_plugins()
     try:
         return _PASSES[name]
     except KeyError:

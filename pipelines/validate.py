@@ -91,8 +91,12 @@ def check_workflow(data: dict, positions: Positions, folder: Path, file: Path | 
     issues += _check_references(steps, known, positions)
     graph = build_graph(steps)
     for cycle in find_cycles(graph):
+        # edges run producer -> consumer; people read "a takes b's output", so show the reverse
+        cycle = cycle[::-1]
+        start = cycle.index(min(cycle))
+        cycle = cycle[start:] + cycle[:start]
         loop = " -> ".join(cycle + [cycle[0]])
-        issues.append(positions.issue(("steps", cycle[0]), f"the steps form a cycle: {loop}",
+        issues.append(positions.issue(("steps", cycle[0]), f"the steps form a cycle: {loop} (each takes the next one's output)",
                                       "a step cannot depend on its own output; remove one of these references"))
     issues += _check_paths(steps, positions, folder)
     outputs = data.get("outputs") if isinstance(data.get("outputs"), dict) else {}

@@ -172,7 +172,7 @@ def run_workflow(loaded: LoadedWorkflow, options: RunOptions) -> RunResult:
             blocked = [u for u in loaded.graph.predecessors(name) if records[u].status in ("failed", "skipped")]
             if blocked:
                 record.status, record.error = "skipped", f"upstream step {blocked[0]!r} did not finish"
-                console.line(f"[{i}/{len(order)}] {name}: skipped ({record.error})", style="yellow")
+                console.line(f"[{i}/{len(order)}] {name} ({record.type}): skipped ({record.error})", style="yellow")
                 continue
             if status == "failed" and options.fail_fast:
                 record.status, record.error = "skipped", "--fail-fast: an earlier step failed"
