@@ -68,10 +68,10 @@ def test_a_cached_rerun_imports_no_ml_library(tmp_path):
 
 def test_layers_are_kept():
     """runner -> pipelines/passes -> schemas; schemas and pipelines import no ML library."""
-    proc = subprocess.run([sys.executable, "-m", "importlinter.cli", "--config", str(ROOT / "pyproject.toml")],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
-    if "No module named" in proc.stderr:
-        proc = subprocess.run(["lint-imports", "--config", str(ROOT / "pyproject.toml")], capture_output=True,
-                              text=True, cwd=ROOT, timeout=120)
+    from pathlib import Path
+
+    tool = Path(sys.executable).parent / "lint-imports"
+    proc = subprocess.run([str(tool), "--config", str(ROOT / "pyproject.toml")], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "0 broken" in proc.stdout

@@ -65,6 +65,12 @@ class LoadDataConfig(StepConfig):
     def _check(self) -> "LoadDataConfig":
         if self.text is None and self.prompt is None and self.template is None:
             raise ValueError("map at least one text column: `text` (classification) or `prompt`/`template` (instructions)")
+        if self.text is not None and (self.prompt is not None or self.template is not None):
+            raise ValueError("give `text` (classification) or `prompt`/`template` (instructions), not both")
+        if self.text_pair is not None and self.text is None:
+            raise ValueError("`text_pair` needs a `text` column")
+        if self.label_names is not None and self.label is None:
+            raise ValueError("`label_names` needs a `label` column")
         if self.prompt is not None and self.template is not None:
             raise ValueError("give `prompt` or `template`, not both")
         if self.stratify and self.label is None:
