@@ -47,7 +47,12 @@ class QuantizeConfig(StepConfig):
     block_size: int = Field(32, ge=16, le=256, description="Block size for int4 (a power of two).")
     symmetric: bool = Field(True, description="Symmetric int4 quantization.")
     algorithm: Literal["rtn", "hqq"] = Field("rtn", description="int4 algorithm.")
-    op_types: list[str] | None = Field(None, min_length=1, description="Only quantize these operator types.")
+    op_types: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Only quantize these operator types. Default per method: dynamic_int8 every type it supports; "
+        "static_int8 MatMul, Gemm and Gather; int4 MatMul; fp16 every type onnxruntime can run in float16.",
+    )
     exclude_nodes: list[str] = Field(default_factory=list, description="Node names to leave unquantized.")
     exclude_op_types: list[str] = Field(default_factory=list, description="Operator types to leave unquantized.")
 

@@ -1,0 +1,252 @@
+"""Helpers shared by the ONNX passes: the artifact folder layout, sizes, op counts and CPU sessions.
+
+An `onnx_model` artifact folder holds `model.onnx` (+ `model.onnx.data` when the model is larger than
+protobuf's 2 GB limit), the tokenizer files, `config.json` and `inference.py`. Heavy imports (onnx,
+onnxruntime) happen inside the functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+MODEL_FILE = "model.onnx"
+EXTERNAL_DATA_FILE = "model.onnx.data"
+INFERENCE_SCRIPT = "inference.py"
+#: Protobuf cannot serialize a message over 2 GB: larger models keep their weights in external data.
+PROTOBUF_LIMIT = 2**31 - 1
+#: SkipLayerNormalization is slow in this onnxruntime on x86 CPUs (PERFORMANCE-NOTES.md): keep it unfused.
+CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
+#: Operator types that quantized graphs are made of (what `quantize` counts in its summary).
+QUANT_OP_TYPES = (
+    "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
+    "QuantizeLinear", "DequantizeLinear", "QLinearMatMul", "QLinearConv", "QAttention", "QGemm",
+    "MatMulNBits", "GatherBlockQuantized",
+)
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may run on (the affinity mask, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def make_cpu_session(model_path: Path, threads: int | None = None) -> Any:
+    """An onnxruntime CPU session with all graph optimizations except the slow SkipLayerNorm fusion."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or cpu_cores()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: the pass reports what matters itself
+    return ort.InferenceSession(
+        str(model_path), options, providers=["CPUExecutionProvider"], disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS)
+    )
+
+
+def model_files(folder: Path) -> list[Path]:
+    """`model.onnx` and every external data file it references."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo
+
+    path = folder / MODEL_FILE
+    proto = onnx.load(str(path), load_external_data=False)
+    files = {path}
+    for tensor in _all_tensors(proto):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            files.add(folder / ExternalDataInfo(tensor).location)
+    return sorted(files)
+
+
+def _all_tensors(proto: Any) -> list[Any]:
+    """Every tensor of a model: initializers and tensor attributes, in subgraphs too."""
+    import onnx
+
+    found: list[Any] = []
+
+    def visit(graph: Any) -> None:
+        found.extend(graph.initializer)
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    found.append(attr.t)
+                found.extend(attr.tensors)
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    visit(attr.g)
+                for sub in attr.graphs:
+                    visit(sub)
+
+    visit(proto.graph)
+    return found
+
+
+def model_size_bytes(folder: Path) -> int:
+    """Bytes on disk of the model: `model.onnx` plus its external data."""
+    return sum(p.stat().st_size for p in model_files(folder))
+
+
+def has_external_data(folder: Path) -> bool:
+    """True when `model.onnx` keeps (some of) its weights in other files."""
+    return len(model_files(folder)) > 1
+
+
+def save_model(proto: Any, folder: Path) -> Path:
+    """Write `proto` (weights loaded) as `folder/model.onnx`, with one external data file only when over 2 GB."""
+    import onnx
+
+    path = folder / MODEL_FILE
+    if proto.ByteSize() > PROTOBUF_LIMIT:
+        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=EXTERNAL_DATA_FILE, size_threshold=1024)
+    else:
+        onnx.save_model(proto, str(path))
+    return path
+
+
+def op_counts(model_path: Path) -> Counter:
+    """How many nodes of each op type the graph has (subgraphs included), read without the weights."""
+    import onnx
+
+    proto = onnx.load(str(model_path), load_external_data=False)
+    counts: Counter = Counter()
+
+    def visit(graph: Any) -> None:
+        for node in graph.node:
+            counts[node.op_type] += 1
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    visit(attr.g)
+                for sub in attr.graphs:
+                    visit(sub)
+
+    visit(proto.graph)
+    return counts
+
+
+def copy_companions(src: Path, dst: Path) -> list[str]:
+    """Copy everything of an onnx_model folder except the model itself (tokenizer, config, inference.py)."""
+    skip = {p.name for p in model_files(src)}
+    copied = []
+    for item in sorted(src.iterdir()):
+        if item.name in skip or item.name.startswith("."):
+            continue
+        if item.is_dir():
+            shutil.copytree(item, dst / item.name)
+        else:
+            shutil.copy2(item, dst / item.name)
+        copied.append(item.name)
+    return copied
+
+
+def write_inference_script(dst: Path) -> Path:
+    """Copy the standalone `inference.py` template (onnxruntime + tokenizers only) into `dst`."""
+    from importlib.resources import files
+
+    target = dst / INFERENCE_SCRIPT
+    target.write_text(files("passes").joinpath("templates", INFERENCE_SCRIPT).read_text(encoding="utf-8"), encoding="utf-8")
+    return target
+
+
+def session_inputs(session: Any) -> list[tuple[str, str]]:
+    """(name, ONNX type string such as `tensor(int64)`) of a session's inputs."""
+    return [(node.name, node.type) for node in session.get_inputs()]
+
+
+def graph_inputs(model_path: Path) -> list[tuple[str, str]]:
+    """(name, ONNX type string) of a model file's inputs, read without its weights."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    initializers = {t.name for t in graph.initializer}
+    return [
+        (i.name, f"tensor({onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name})")
+        for i in graph.input if i.name not in initializers
+    ]
+
+
+def encode(tokenizer: Any, inputs: list[tuple[str, str]], texts: list[Any], padding: bool | str = True,
+           max_length: int | None = None) -> dict[str, Any]:
+    """Tokenize texts (strings or (text, pair) tuples) into the model's `inputs`, each in its integer type."""
+    import numpy as np
+
+    pairs = [t if isinstance(t, tuple) else (t, None) for t in texts]
+    firsts, seconds = [a for a, _ in pairs], [b for _, b in pairs]
+    kwargs: dict[str, Any] = {"truncation": True, "padding": padding, "return_tensors": "np"}
+    if max_length:
+        kwargs["max_length"] = max_length
+    enc = tokenizer(firsts, seconds if any(s is not None for s in seconds) else None, **kwargs)
+    feed = {}
+    for name, onnx_type in inputs:
+        values = enc.get(name)
+        if values is None and name == "token_type_ids":
+            values = np.zeros_like(enc["input_ids"])
+        if values is None:
+            from .base import PassError
+
+            raise PassError(f"the model takes an input its tokenizer does not produce: {name}")
+        feed[name] = values.astype(np.int32 if onnx_type == "tensor(int32)" else np.int64)
+    return feed
+
+
+class _DropMessages(logging.Filter):
+    """Drops log records whose message starts with one of `prefixes`."""
+
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
+
+
+@contextmanager
+def quiet_quantizer() -> Iterator[None]:
+    """Silence onnxruntime.quantization's per-node INFO lines and its generic pre-processing advice.
+
+    The advice ("Please consider [to run] pre-processing before quantization") is logged on the root
+    logger for every model; `quantize` measured it and decides itself (see passes/quantize.py).
+    """
+    names = ("onnxruntime.quantization", "onnxruntime.quantization.matmul_nbits_quantizer")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    advice = _DropMessages(("Please consider",))
+    root = logging.getLogger()
+    root.addFilter(advice)
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        root.removeFilter(advice)
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def import_nbits_quantizer() -> Any:
+    """Import onnxruntime's `matmul_nbits_quantizer` without keeping its `logging.basicConfig(level=INFO)`.
+
+    The module configures the root logger when imported, which would print every library's INFO lines
+    for the rest of the run: the root logger's handlers and level are put back as they were.
+    """
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    from onnxruntime.quantization import matmul_nbits_quantizer
+
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+    return matmul_nbits_quantizer
+
+
+def mb(n_bytes: int) -> float:
+    """Bytes as megabytes (10^6), rounded for meta and summaries."""
+    return round(n_bytes / 1e6, 2)

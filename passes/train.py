@@ -1,0 +1,254 @@
+"""The training passes: `lora` (PEFT LoRA adapter), `finetune` (full or last-N-blocks) and `merge_adapter`.
+
+Both trainers run a transformers `Trainer` (see `_train_utils.train_with_trainer`) in a temporary
+folder, so no checkpoint reaches the artifact, and write `training_log.json` (the Trainer's log
+history) and `loss.png` next to the result.
+
+Tasks: `text-classification` (AutoModelForSequenceClassification with the dataset's label names; an
+encoder without a head gets a new one) and `causal-lm` (AutoModelForCausalLM on instruction data,
+loss on the response tokens only). The default task is the base model's; an encoder (feature
+extraction) with labelled data becomes a classifier.
+
+Measured defaults for the quickstart (MiniLM-L6, SMS spam, 794 balanced train rows, 2 CPU cores):
+see `LORA_RECIPE` below and the slow test in tests/passes/test_train.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from schemas.steps import FinetuneConfig, LoraConfig, MergeAdapterConfig
+
+from ._hf import human_count
+from ._hf_utils import load_dataset_dict, load_model, load_tokenizer, quiet_transformers
+from ._train_layers import default_target_modules, freeze_all_but_last, new_module_paths
+from ._train_utils import (
+    check_classifiable,
+    count_parameters,
+    prepare_data,
+    resolve_task,
+    summary_metrics,
+    train_with_trainer,
+)
+from .base import Artifact, Pass, PassError, StepContext
+from .registry import register_pass
+
+#: Packages whose versions change what training produces (they enter the cache key).
+_TRAIN_PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "tokenizers")
+
+#: Texts the merge check runs through both models (any text works: it compares two equal functions).
+CHECK_TEXTS = (
+    "WINNER!! You have been selected to receive a prize. Call now to claim.",
+    "Are we still meeting for lunch tomorrow?",
+    "ok",
+    "The quick brown fox jumps over the lazy dog, and then it runs back home before the rain starts.",
+)
+#: How far merged and adapter logits may differ (float32 rounding is ~1e-6).
+MERGE_TOLERANCE = 1e-4
+
+
+def _load_for_training(cfg: Any, inputs: dict[str, Any], ctx: StepContext) -> tuple[str, list[str] | None, Any, Any, Any, Any, list[str]]:
+    """Resolve the task, tokenize the data and load the model: (task, labels, tokenizer, train, val, model, new keys)."""
+    from transformers import set_seed
+
+    base: Artifact = inputs["model"]
+    data: Artifact = inputs["data"]
+    folder = Path(base.path)
+    task = resolve_task(cfg.task, base, data, ctx)
+    labels = list(data.meta["labels"]) if task == "text-classification" else None
+    if task == "text-classification":
+        check_classifiable(folder, base.step)
+    tokenizer = load_tokenizer(folder, causal=task == "causal-lm")
+    train, validation = prepare_data(load_dataset_dict(data), tokenizer, task, cfg.max_length, ctx)
+    set_seed(cfg.seed)  # before loading: a new head is initialized from the seed
+    model, new_keys = load_model(folder, task, labels)
+    if task == "causal-lm" and getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if new_keys:
+        ctx.log(f"new weights (trained and saved): {', '.join(new_module_paths(new_keys))}"
+                + (f" for labels {', '.join(labels)}" if labels else ""))
+    return task, labels, tokenizer, train, validation, model, new_keys
+
+
+def _stable_base_name(config_file: Path, name: str) -> None:
+    """Record a stable base name instead of the cache path the base was loaded from.
+
+    A path would make the artifact's bytes, and so every downstream cache key, depend on where the
+    cache lives. Rewritten after saving because PEFT reads the base's config from that path while saving.
+    """
+    config = json.loads(config_file.read_text())
+    config["base_model_name_or_path"] = name
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+@register_pass
+class Lora(Pass[LoraConfig]):
+    """Train a LoRA adapter with PEFT and the transformers Trainer; save the adapter, tokenizer and log.
+
+    Classification uses PEFT's SEQ_CLS task, so the new head (and any other newly initialized module)
+    is trained in full and saved with the adapter through `modules_to_save`.
+    """
+
+    config_class = LoraConfig
+    version = 1
+    packages = _TRAIN_PACKAGES
+
+    def run(self, inputs: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+        """Train and save the adapter into ctx.out_dir; return its meta."""
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import TaskType, get_peft_model
+
+        cfg = self.config
+        base: Artifact = inputs["model"]
+        task, labels, tokenizer, train, validation, model, new_keys = _load_for_training(cfg, inputs, ctx)
+        targets = cfg.target_modules or default_target_modules(model)
+        new_modules = new_module_paths(new_keys)
+        peft_config = PeftLoraConfig(
+            task_type=TaskType.SEQ_CLS if task == "text-classification" else TaskType.CAUSAL_LM,
+            r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
+            # New weights train in full (a random head cannot be low-rank-adapted) and are saved with the adapter.
+            modules_to_save=new_modules or None, exclude_modules=new_modules or None,
+        )
+        try:
+            model = get_peft_model(model, peft_config)
+        except ValueError as exc:  # e.g. target modules not found in the model
+            raise PassError(f"cannot apply LoRA: {exc}. Check `target_modules`") from exc
+        trainable, total = count_parameters(model)
+        ctx.log(f"LoRA r={cfg.r} on {targets if isinstance(targets, str) else ', '.join(targets)}: "
+                f"{human_count(trainable)} of {human_count(total)} parameters train; {len(train)} train rows")
+        result = train_with_trainer(model, tokenizer, task, train, validation, cfg, labels, ctx)
+
+        model.save_pretrained(str(ctx.out_dir))
+        _stable_base_name(ctx.out_dir / "adapter_config.json", base.meta.get("architecture") or base.step)
+        # PEFT's empty model-card template, which also records the cache path of the base.
+        (ctx.out_dir / "README.md").unlink(missing_ok=True)
+        tokenizer.save_pretrained(str(ctx.out_dir))
+        tm, em = result["train_metrics"], result["eval_metrics"]
+        summary = (f"LoRA r={cfg.r}, {task}, {tm['steps']} steps in {tm['runtime_s']:.1f}s, "
+                   f"train loss {tm['loss']:.4f}, {summary_metrics(em)}")
+        return {
+            "task": task,
+            "labels": labels,
+            "model_type": model.config.model_type,
+            "base_architecture": base.meta.get("architecture"),
+            "target_modules": targets,
+            "modules_to_save": new_modules,
+            "trainable_parameters": trainable,
+            "train_metrics": tm,
+            "eval_metrics": em,
+            "metrics": {f"val_{k}": v for k, v in em.items()} | {"train_loss": tm["loss"], "train_s": tm["runtime_s"]},
+            "summary": summary,
+        }
+
+
+@register_pass
+class Finetune(Pass[FinetuneConfig]):
+    """Fine-tune every weight, or only the last `train_layers` blocks plus the final norm and the head."""
+
+    config_class = FinetuneConfig
+    version = 1
+    packages = _TRAIN_PACKAGES
+
+    def run(self, inputs: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+        """Train and save a plain model folder into ctx.out_dir; return its meta."""
+        cfg = self.config
+        task, labels, tokenizer, train, validation, model, _ = _load_for_training(cfg, inputs, ctx)
+        frozen = None
+        if cfg.train_layers is not None:
+            frozen = freeze_all_but_last(model, cfg.train_layers, ctx.log)
+            ctx.log(f"training {frozen['blocks']}, norms {frozen['norms'] or 'none'}, head {frozen['head'] or 'none'}")
+        trainable, total = count_parameters(model)
+        ctx.log(f"{human_count(trainable)} of {human_count(total)} parameters train; {len(train)} train rows")
+        result = train_with_trainer(model, tokenizer, task, train, validation, cfg, labels, ctx)
+
+        for p in model.parameters():  # a saved model should not remember which weights were frozen
+            p.requires_grad = True
+        model.save_pretrained(str(ctx.out_dir))
+        tokenizer.save_pretrained(str(ctx.out_dir))
+        tm, em = result["train_metrics"], result["eval_metrics"]
+        what = "full" if cfg.train_layers is None else f"last {cfg.train_layers} blocks"
+        return {
+            "task": task,
+            "labels": labels,
+            "model_type": model.config.model_type,
+            "architecture": type(model).__name__,
+            "num_parameters": total,
+            "trainable_parameters": trainable,
+            "frozen": frozen,
+            "train_metrics": tm,
+            "eval_metrics": em,
+            "metrics": {f"val_{k}": v for k, v in em.items()} | {"train_loss": tm["loss"], "train_s": tm["runtime_s"]},
+            "summary": (f"fine-tuned ({what}, {human_count(trainable)} trainable), {tm['steps']} steps in "
+                        f"{tm['runtime_s']:.1f}s, train loss {tm['loss']:.4f}, {summary_metrics(em)}"),
+        }
+
+
+@register_pass
+class MergeAdapter(Pass[MergeAdapterConfig]):
+    """Merge a LoRA adapter into its base (`merge_and_unload`), check the logits, save a plain model folder."""
+
+    config_class = MergeAdapterConfig
+    version = 1
+    packages = ("torch", "transformers", "peft", "safetensors")
+
+    def run(self, inputs: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+        """Merge, verify on CHECK_TEXTS within MERGE_TOLERANCE, save into ctx.out_dir; return the meta."""
+        import torch
+        from peft import PeftModel
+
+        adapter: Artifact = inputs["adapter"]
+        base: Artifact | None = inputs.get("model")
+        if base is None:
+            raise PassError("merge_adapter needs the base model: set `model` to the step the adapter was trained on")
+        task, labels = adapter.meta.get("task"), adapter.meta.get("labels")
+        if task not in ("text-classification", "causal-lm"):
+            raise PassError(f"the adapter step {adapter.step!r} has no known task ({task!r}); re-run it")
+        want_type = adapter.meta.get("model_type")
+        model_type = base.meta.get("model_type")
+        if want_type and model_type and want_type != model_type:
+            raise PassError(f"the adapter {adapter.step!r} was trained on a {want_type} model, but {base.step!r} is "
+                            f"{model_type}: set `model` to the adapter's base")
+        tokenizer = load_tokenizer(Path(adapter.path), causal=task == "causal-lm")
+        torch.manual_seed(0)  # any head initialized at load is replaced by the adapter's saved copy
+        model, _ = load_model(Path(base.path), task, labels)
+        with quiet_transformers():
+            try:
+                peft_model = PeftModel.from_pretrained(model, str(adapter.path))
+            except (ValueError, RuntimeError, OSError) as exc:
+                raise PassError(f"cannot load the adapter {adapter.step!r} onto {base.step!r}: {exc}") from exc
+        peft_model.eval()
+        encoded = [tokenizer(t, return_tensors="pt", truncation=True, max_length=64) for t in CHECK_TEXTS]
+        with torch.no_grad():
+            before = [peft_model(**e).logits for e in encoded]
+            merged = peft_model.merge_and_unload()
+            merged.eval()
+            after = [merged(**e).logits for e in encoded]
+        diff = max(float((a - b).abs().max()) for a, b in zip(before, after))
+        ctx.log(f"merged vs adapter logits on {len(CHECK_TEXTS)} texts: max abs diff {diff:.2e}")
+        if not diff <= MERGE_TOLERANCE:  # also catches NaN
+            raise PassError(f"merged model's logits differ from the adapter model's by {diff:.2e} (> {MERGE_TOLERANCE}); "
+                            "the adapter does not match this base model")
+        dtype = base.meta.get("dtype")
+        if dtype in ("float16", "bfloat16"):
+            merged = merged.to(getattr(torch, dtype))  # keep the base's storage dtype
+        merged.save_pretrained(str(ctx.out_dir))
+        tokenizer.save_pretrained(str(ctx.out_dir))
+        total = sum(p.numel() for p in merged.parameters())
+        architecture = type(merged).__name__
+        return {
+            "task": task,
+            "labels": labels,
+            "model_type": merged.config.model_type,
+            "architecture": architecture,
+            "num_parameters": total,
+            "dtype": dtype or "float32",
+            "merge_max_abs_diff": diff,
+            "metrics": {"merge_max_abs_diff": diff},
+            "summary": f"merged {adapter.step} into {base.step}: {architecture}, {human_count(total)} parameters, "
+                       f"logits match (max diff {diff:.1e})",
+        }
+
+
+__all__ = ["Finetune", "Lora", "MergeAdapter"]
