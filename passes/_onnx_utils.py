@@ -27,7 +27,7 @@ CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 QUANT_OP_TYPES = (
     "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
     "QuantizeLinear", "DequantizeLinear", "QLinearMatMul", "QLinearConv", "QAttention", "QGemm",
-    "MatMulNBits", "GatherBlockQuantized",
+    "QEmbedLayerNormalization", "MatMulNBits", "GatherBlockQuantized",
 )
 
 
@@ -109,6 +109,25 @@ def save_model(proto: Any, folder: Path) -> Path:
     else:
         onnx.save_model(proto, str(path))
     return path
+
+
+def name_unnamed_nodes(proto: Any) -> int:
+    """Give every nameless node of the main graph a unique name; returns how many were named.
+
+    Tools key nodes by name: `nodes_to_exclude` needs names, and the int4 RTN quantizer's topological
+    sort drops all but one of several nodes named "" (the transformer optimizer adds nameless Casts).
+    """
+    taken = {n.name for n in proto.graph.node if n.name}
+    named = 0
+    for i, node in enumerate(proto.graph.node):
+        if not node.name:
+            candidate = f"{node.op_type}_{i}"
+            while candidate in taken:
+                candidate += "_"
+            node.name = candidate
+            taken.add(candidate)
+            named += 1
+    return named
 
 
 def op_counts(model_path: Path) -> Counter:

@@ -33,11 +33,11 @@ def exported(tiny_bert_classifier_dir, tmp_path_factory):
     return out, export(tiny_bert_classifier_dir, out)
 
 
-def torch_logits(model_dir, texts):
+def torch_logits(model_dir, texts, padding_side="right"):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir, padding_side=padding_side)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     with torch.no_grad():
         return model(**tok(texts, padding=True, return_tensors="pt")).logits.numpy()
@@ -53,6 +53,9 @@ def test_export_matches_pytorch_with_dynamic_axes(exported, tiny_bert_classifier
     assert meta["labels"] == ["ham", "spam"]
     assert meta["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
     assert meta["outputs"] == ["logits"] and meta["opset"] == 17 and meta["exporter"] == "torchscript"
+    # BERT is fused (2 layers), SkipLayerNorm left out on purpose.
+    assert meta["fused"]["Attention"] == 2 and meta["fused"]["EmbedLayerNormalization"] == 1
+    assert "SkipLayerNormalization" not in meta["fused"]
     assert 0 <= meta["max_abs_diff"] <= 1e-4 and meta["size_mb"] > 0
     assert "max |ORT - PyTorch|" in meta["summary"]
     for name in ("model.onnx", "tokenizer.json", "config.json", "inference.py"):
@@ -61,6 +64,12 @@ def test_export_matches_pytorch_with_dynamic_axes(exported, tiny_bert_classifier
     assert json.loads((folder / "config.json").read_text())["id2label"] == {"0": "ham", "1": "spam"}
 
     proto = onnx.load(str(folder / "model.onnx"))
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"Attention", "EmbedLayerNormalization"} <= ops and "SkipLayerNormalization" not in ops
+    assert {o.domain for o in proto.opset_import} >= {"", "com.microsoft"}
+    names = [n.name for n in proto.graph.node]
+    assert all(names) and len(set(names)) == len(names)  # quantizers key nodes by name
+    onnx.shape_inference.infer_shapes(proto, strict_mode=True)  # a valid model, contrib ops included
     assert [d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim] == ["batch", "sequence"]
     assert [o.name for o in proto.graph.output] == ["logits"]
     # A padded batch of 3 (a shape the export never saw) gives PyTorch's logits.
@@ -68,6 +77,11 @@ def test_export_matches_pytorch_with_dynamic_axes(exported, tiny_bert_classifier
     session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {k: enc[k].astype(np.int64) for k in meta["inputs"]})
     np.testing.assert_allclose(got, torch_logits(tiny_bert_classifier_dir, TEXTS), atol=1e-5)
+    # The fused attention takes the raw mask: left padding is right too.
+    enc = AutoTokenizer.from_pretrained(folder, padding_side="left")(TEXTS, padding=True, return_tensors="np")
+    assert enc["attention_mask"][:, 0].min() == 0  # really left-padded
+    (got,) = session.run(None, {k: enc[k].astype(np.int64) for k in meta["inputs"]})
+    np.testing.assert_allclose(got, torch_logits(tiny_bert_classifier_dir, TEXTS, padding_side="left"), atol=1e-5)
 
 
 def test_feature_extraction_exports_last_hidden_state(tiny_bert_dir, tmp_path):
@@ -89,30 +103,57 @@ def test_feature_extraction_exports_last_hidden_state(tiny_bert_dir, tmp_path):
     assert len(vector) == 32 and abs(np.linalg.norm(vector) - 1) < 1e-3
 
 
-def test_check_fails_when_onnx_differs_from_pytorch(tiny_bert_classifier_dir, tmp_path, monkeypatch):
-    """A graph whose classifier bias is off by 0.25 must fail the comparison with the numbers in the message."""
+def _shift_classifier_bias(path, delta=0.25):
+    """Add `delta` to the classifier bias of the ONNX model at `path` (in place)."""
     import onnx
     from onnx import numpy_helper
 
+    proto = onnx.load(str(path))
+    for init in proto.graph.initializer:
+        if init.name.endswith("classifier.bias"):
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + delta, init.name))
+            break
+    else:
+        raise AssertionError("no classifier bias in the graph")
+    onnx.save(proto, str(path))
+
+
+def test_check_fails_when_onnx_differs_from_pytorch(tiny_bert_classifier_dir, tmp_path, monkeypatch):
+    """A graph whose classifier bias is off by 0.25 must fail the comparison with the numbers in the message."""
     import passes.onnx_export as mod
 
     real_export = mod._export
 
     def corrupted(*args, **kwargs):
-        real_export(*args, **kwargs)
-        path = tmp_path / "bad" / "model.onnx"
-        proto = onnx.load(str(path))
-        for init in proto.graph.initializer:
-            if init.name.endswith("classifier.bias"):
-                init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + 0.25, init.name))
-                break
-        else:
-            raise AssertionError("no classifier bias in the graph")
-        onnx.save(proto, str(path))
+        path = real_export(*args, **kwargs)
+        _shift_classifier_bias(path)
+        return path
 
     monkeypatch.setattr(mod, "_export", corrupted)
     with pytest.raises(PassError, match=r"differs from PyTorch's by 0\.25.*atol=0\.0001"):
         export(tiny_bert_classifier_dir, tmp_path / "bad", check_samples=2)
+
+
+def test_fused_graph_that_fails_the_check_is_dropped(tiny_bert_classifier_dir, tmp_path, monkeypatch):
+    import passes.onnx_export as mod
+
+    real_fuse = mod.fuse_encoder
+
+    def bad_fusion(src, dst_dir, config, log):
+        stats = real_fuse(src, dst_dir, config, log)
+        _shift_classifier_bias(dst_dir / "model.onnx", 0.5)
+        return stats
+
+    monkeypatch.setattr(mod, "fuse_encoder", bad_fusion)
+    ctx = SimpleContext(step="onnx", out_dir=tmp_path / "out", quiet=True)
+    ctx.out_dir.mkdir()
+    art = make_artifact("hf_model", tiny_bert_classifier_dir, {"task": "text-classification", "labels": ["ham", "spam"]})
+    meta = ExportOnnx(ExportOnnxConfig(type="export_onnx", model="upstream", check_samples=2)).run({"model": art}, ctx)
+    assert meta["fused"] is None and meta["max_abs_diff"] <= 1e-4
+    assert any("fused graph differs from PyTorch by 0.5" in line for line in ctx.lines)
+    import onnx
+
+    assert "Attention" not in {n.op_type for n in onnx.load(str(ctx.out_dir / "model.onnx")).graph.node}
 
 
 def test_tight_atol_fails(tiny_bert_classifier_dir, tmp_path, monkeypatch):
@@ -120,7 +161,11 @@ def test_tight_atol_fails(tiny_bert_classifier_dir, tmp_path, monkeypatch):
     import passes.onnx_export as mod
 
     monkeypatch.setattr(mod, "_compare", lambda *a, **k: (1e-7, "input of shape 1x5"))
-    assert export(tiny_bert_classifier_dir, tmp_path / "ok", atol=1e-6, check_samples=1)["max_abs_diff"] == 1e-7
+    meta = export(tiny_bert_classifier_dir, tmp_path / "ok", atol=1e-6, check_samples=1, fuse=False)
+    assert meta["max_abs_diff"] == 1e-7 and meta["fused"] is None
+    import onnx
+
+    assert not {"Attention", "EmbedLayerNormalization"} & {n.op_type for n in onnx.load(str(tmp_path / "ok" / "model.onnx")).graph.node}
     with pytest.raises(PassError, match=r"1e-07 \(on input of shape 1x5\), more than atol=1e-09"):
         export(tiny_bert_classifier_dir, tmp_path / "tight", atol=1e-9, check_samples=1)
 

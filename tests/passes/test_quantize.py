@@ -71,8 +71,9 @@ def test_dynamic_int8(onnx_artifact, make_ctx, caplog):
     assert not [r for r in caplog.records if "pre-processing" in r.getMessage()]
     out = ctx.out_dir
     counts = ops(out)
-    assert counts["DynamicQuantizeLinear"] > 0 and counts["MatMulInteger"] >= 8  # 2 layers x (q, k, v, o, 2 ffn)
-    assert meta["quant_ops"]["MatMulInteger"] == counts["MatMulInteger"]
+    # The export fuses attention: 2 layers -> 2 QAttention, and per layer 3 MatMulInteger (output, 2 FFN).
+    assert counts["QAttention"] == 2 and counts["MatMulInteger"] >= 6 and counts["DynamicQuantizeLinear"] > 0
+    assert meta["quant_ops"]["MatMulInteger"] == counts["MatMulInteger"] and meta["quant_ops"]["QAttention"] == 2
     assert meta["method"] == "dynamic_int8" and meta["labels"] == ["ham", "spam"] and meta["task"] == "text-classification"
     assert meta["inputs"] == onnx_artifact.meta["inputs"] and meta["outputs"] == ["logits"]
     # The tiny model's graph outweighs its weights: the real MiniLM goes to 25% (slow test).
@@ -97,18 +98,20 @@ def test_dynamic_int8_options_and_exclusions(onnx_artifact, make_ctx):
 
     graph = onnx.load(str(onnx_artifact.path / "model.onnx")).graph
     matmuls = [n.name for n in graph.node if n.op_type == "MatMul"]
-    ctx, meta = quantize(onnx_artifact, make_ctx, step="excl", exclude_nodes=[matmuls[0]], exclude_op_types=["Gather"],
-                         weight_type="quint8", per_channel=False)
+    ctx, meta = quantize(onnx_artifact, make_ctx, step="excl", exclude_nodes=[matmuls[0]],
+                         exclude_op_types=["EmbedLayerNormalization"], weight_type="quint8", per_channel=False)
     out = onnx.load(str(ctx.out_dir / "model.onnx")).graph
     assert matmuls[0] in {n.name for n in out.node if n.op_type == "MatMul"}  # left in float
-    assert meta["nodes_excluded"] == 1 + sum(n.op_type == "Gather" for n in graph.node)
+    assert meta["nodes_excluded"] == 2  # the MatMul and the one EmbedLayerNormalization
+    ops_out = Counter(n.op_type for n in out.node)
+    assert ops_out["EmbedLayerNormalization"] == 1 and not ops_out["QEmbedLayerNormalization"]
     quantized = [t for t in out.initializer if t.name.endswith("_quantized")]
     assert quantized and all(t.data_type == onnx.TensorProto.UINT8 for t in quantized)
-    assert not any("embeddings" in t.name for t in quantized)  # Gather (embeddings) excluded
 
-    ctx, meta = quantize(onnx_artifact, make_ctx, step="only", op_types=["Gather"])
+    ctx, meta = quantize(onnx_artifact, make_ctx, step="only", op_types=["EmbedLayerNormalization"])
     counts = ops(ctx.out_dir)
-    assert counts["MatMulInteger"] == 0 and meta["weights_quantized"] > 0
+    assert counts["QEmbedLayerNormalization"] == 1 and counts["MatMulInteger"] == 0 and counts["QAttention"] == 0
+    assert meta["weights_quantized"] > 0
 
     with pytest.raises(PassError, match="no node named 'nope'"):
         quantize(onnx_artifact, make_ctx, step="bad", exclude_nodes=["nope"])
@@ -145,7 +148,8 @@ def test_static_int8_empty_split_is_an_error(onnx_artifact, make_ctx, tmp_path):
 def test_int4(onnx_artifact, make_ctx, algorithm):
     ctx, meta = quantize(onnx_artifact, make_ctx, step=f"int4_{algorithm}", method="int4", algorithm=algorithm, block_size=16)
     counts = ops(ctx.out_dir)
-    assert counts["MatMulNBits"] >= 8 and meta["quant_ops"]["MatMulNBits"] == counts["MatMulNBits"]
+    # 2 layers x (attention output, 2 FFN); the fused Attention keeps its QKV weights in float
+    assert counts["MatMulNBits"] == 6 and meta["quant_ops"]["MatMulNBits"] == counts["MatMulNBits"]
     import onnx
 
     nodes = [n for n in onnx.load(str(ctx.out_dir / "model.onnx")).graph.node if n.op_type == "MatMulNBits"]
