@@ -1,4 +1,4 @@
-"""The training machinery shared by `lora` and `finetune`: task choice, data, Trainer, progress, plots.
+"""The Trainer machinery shared by `lora` and `finetune`: arguments, progress, the run, the loss plot.
 
 `train_with_trainer` is the one place a transformers `Trainer` is built: every `TrainingSettings`
 field maps to a `TrainingArguments` field there, the run happens in a temporary folder (checkpoints
@@ -16,199 +16,11 @@ from typing import Any
 
 from schemas.steps import TrainingSettings
 
-from ._hf_utils import classification_metrics, quiet_datasets
-from .base import Artifact, PassError, StepContext
-
-#: The validation split's name in a dataset artifact.
-VALIDATION = "validation"
-#: Label id that the loss ignores (transformers' convention): prompt tokens and padding.
-IGNORE_INDEX = -100
-
-
-def resolve_task(requested: str | None, base: Artifact, data: Artifact, ctx: StepContext) -> str:
-    """The task to train for: the step's `task`, else the base model's, with an encoder + labels -> classifier.
-
-    Raises PassError when the data cannot train that task (no labels for classification, labels for a
-    causal LM, instruction data for an encoder).
-    """
-    from ._hf import infer_task, read_config
-
-    base_task = base.meta.get("task") or infer_task(read_config(Path(base.path)))
-    fmt, labels = data.meta.get("format"), data.meta.get("labels")
-    task = requested
-    if task is None:
-        if base_task == "feature-extraction" and fmt == "classification":
-            task = "text-classification"
-            ctx.log(f"task: text-classification (the base {base.step!r} is an encoder without a head and "
-                    f"{data.step!r} has labels: a new classification head is trained)")
-        elif base_task == "causal-lm" and fmt == "classification":
-            raise PassError(
-                f"the dataset {data.step!r} has labels (classification) but the base {base.step!r} is a causal LM: "
-                "load instruction data (`prompt`/`response` in load_data) to tune it as a causal LM, or set "
-                "`task: text-classification` to train a classification head on the decoder"
-            )
-        elif base_task in ("text-classification", "causal-lm"):
-            task = base_task
-            ctx.log(f"task: {task} (from the base model {base.step!r})")
-        else:
-            raise PassError(
-                f"the base {base.step!r} is a {base_task} model, which this step cannot train for "
-                f"{fmt or 'this'} data: use a classification dataset with an encoder, or a causal LM with "
-                "instruction data, or set `task`"
-            )
-    if task == "text-classification":
-        if fmt != "classification" or not labels:
-            raise PassError(
-                f"text-classification needs labels, but the dataset {data.step!r} has none (format {fmt!r}): "
-                "set `label` in its load_data step"
-            )
-    elif task == "causal-lm":
-        if fmt != "instruction":
-            raise PassError(
-                f"causal-lm training needs instruction data (`prompt`/`response` columns), but {data.step!r} is "
-                f"{fmt!r} data: set `prompt` and `response` (or `template`) in its load_data step"
-            )
-        if base_task != "causal-lm":
-            raise PassError(f"the base {base.step!r} is a {base_task} model, not a causal LM: pick a decoder for causal-lm")
-    return task
-
-
-def check_classifiable(folder: Path, step: str) -> None:
-    """Raise PassError when transformers has no sequence-classification class for the folder's model type."""
-    from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES as names
-
-    model_type = AutoConfig.from_pretrained(str(folder)).model_type
-    if model_type not in names:
-        raise PassError(
-            f"the base {step!r} ({model_type}) has no sequence-classification head in transformers, so it cannot "
-            "classify: pick an encoder such as BERT or RoBERTa"
-        )
-
-
-# --- data --------------------------------------------------------------------------------------------
-
-
-def prepare_data(dd: Any, tokenizer: Any, task: str, max_length: int, ctx: StepContext) -> tuple[Any, Any]:
-    """Tokenized (train, validation or None) datasets for `task`; validation sorted by length.
-
-    Examples are not padded here: the collator pads each batch to its longest example, which on short
-    texts (SMS averages ~25 tokens) is several times less work than padding to `max_length`. The
-    validation split is sorted by length (evaluation order does not change metrics) for the same reason.
-    """
-    if "train" not in dd:
-        raise PassError(f"the dataset has no train split (it has: {', '.join(dd)})")
-    with quiet_datasets():
-        return _prepare(dd, tokenizer, task, max_length, ctx)
-
-
-def _prepare(dd: Any, tokenizer: Any, task: str, max_length: int, ctx: StepContext) -> tuple[Any, Any]:
-    encode = _encode_classification if task == "text-classification" else _encode_instruction
-    out = []
-    for split in ("train", VALIDATION):
-        if split not in dd:
-            out.append(None)
-            continue
-        ds = dd[split]
-        needed = ("text", "label") if task == "text-classification" else ("prompt", "response")
-        missing = [c for c in needed if c not in ds.column_names]
-        if missing:
-            raise PassError(f"the {split} split lacks the column(s) {', '.join(missing)} (it has {', '.join(ds.column_names)})")
-        tokenized = ds.map(
-            lambda batch: encode(batch, tokenizer, max_length), batched=True,
-            remove_columns=ds.column_names, keep_in_memory=True, desc=None,
-        )
-        if task == "causal-lm":
-            before = len(tokenized)
-            tokenized = tokenized.filter(lambda ex: any(t != IGNORE_INDEX for t in ex["labels"]), keep_in_memory=True)
-            if len(tokenized) < before:
-                ctx.log(f"{split}: dropped {before - len(tokenized)} examples whose prompt fills max_length={max_length}")
-        if len(tokenized) == 0:
-            raise PassError(f"the {split} split has no usable examples (raise max_length or check the data)")
-        if split == VALIDATION:
-            lengths = [len(ids) for ids in tokenized["input_ids"]]
-            tokenized = tokenized.select(sorted(range(len(lengths)), key=lengths.__getitem__))
-        out.append(tokenized)
-    return out[0], out[1]
-
-
-def _encode_classification(batch: dict[str, list], tokenizer: Any, max_length: int) -> dict[str, list]:
-    """Tokenize text (and text_pair) with truncation; keep the integer labels."""
-    pair = batch.get("text_pair")
-    enc = tokenizer(batch["text"], pair, truncation=True, max_length=max_length)
-    enc["labels"] = batch["label"]
-    return dict(enc)
-
-
-def _encode_instruction(batch: dict[str, list], tokenizer: Any, max_length: int) -> dict[str, list]:
-    """prompt + response (+ EOS) as one sequence; labels are -100 on the prompt so only the response is learned.
-
-    The two parts are tokenized separately so the prompt/response boundary is exact (tokenizing the
-    joined string can merge tokens across it); the prompt keeps the tokenizer's special tokens (BOS).
-    """
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-    prompts = tokenizer(batch["prompt"], add_special_tokens=True)["input_ids"]
-    responses = tokenizer(batch["response"], add_special_tokens=False)["input_ids"]
-    ids_out, labels_out = [], []
-    for p, r in zip(prompts, responses):
-        tail = r + ([eos] if eos is not None else [])
-        ids_out.append((p + tail)[:max_length])
-        labels_out.append(([IGNORE_INDEX] * len(p) + tail)[:max_length])
-    return {"input_ids": ids_out, "attention_mask": [[1] * len(i) for i in ids_out], "labels": labels_out}
-
-
-def collator_for(task: str, tokenizer: Any) -> Any:
-    """Dynamic padding per batch: plain for classification, labels padded with -100 for causal LMs."""
-    from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
-
-    if task == "text-classification":
-        return DataCollatorWithPadding(tokenizer)
-    # Seq2Seq's collator pads `labels` with -100; for a decoder-only model that is exactly what is needed.
-    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
-
+from ._hf_utils import classification_metrics
+from ._train_data import BUCKET_BATCHES, collator_for, length_bucket_sampler
+from .base import PassError, StepContext
 
 # --- the Trainer -------------------------------------------------------------------------------------
-
-
-#: Length bucketing for the train order: batches are cut from chunks of this many batches sorted by
-#: length, then shuffled. On SMS spam (lengths 5..128 tokens) it pads ~1.6x fewer tokens than random
-#: batches, for the same examples per epoch; 0 turns it off (plain random batches).
-BUCKET_BATCHES = 8
-
-
-def length_bucket_sampler(lengths: list[int], batch_size: int, seed: int, bucket_batches: int = BUCKET_BATCHES) -> Any:
-    """A sampler yielding shuffled batches of similar-length examples, reshuffled every epoch.
-
-    transformers' `group_by_length` sorts whole mega-batches of 50 batches and keeps them in
-    descending order, so on a small dataset an epoch runs from the longest to the shortest texts
-    (on SMS spam: all-spam batches first, all-ham last). Here the batch order is shuffled. Only the
-    last batch may be short, so the DataLoader's batches are exactly these.
-    """
-    import torch
-
-    class LengthBucketSampler(torch.utils.data.Sampler):
-        """See `length_bucket_sampler`."""
-
-        def __init__(self) -> None:
-            self.epoch = 0
-
-        def __len__(self) -> int:
-            return len(lengths)
-
-        def __iter__(self) -> Any:
-            g = torch.Generator().manual_seed(seed + self.epoch)
-            self.epoch += 1
-            perm = torch.randperm(len(lengths), generator=g).tolist()
-            chunk = batch_size * max(bucket_batches, 1)
-            batches = []
-            for start in range(0, len(perm), chunk):
-                ids = sorted(perm[start:start + chunk], key=lengths.__getitem__, reverse=True)
-                batches += [ids[i:i + batch_size] for i in range(0, len(ids), batch_size)]
-            tail = [batches.pop()] if len(batches[-1]) < batch_size else []
-            for b in torch.randperm(len(batches), generator=g).tolist() + ([len(batches)] if tail else []):
-                yield from (batches + tail)[b]
-
-    return LengthBucketSampler()
 
 
 def _metric_key(cfg: TrainingSettings) -> tuple[str, bool]:
@@ -241,8 +53,9 @@ def training_arguments(cfg: TrainingSettings, task: str, has_eval: bool, scratch
         max_steps=cfg.max_steps if cfg.max_steps is not None else -1,
         learning_rate=cfg.learning_rate,
         per_device_train_batch_size=cfg.batch_size,
-        # No gradients are kept in evaluation, so bigger batches fit and run faster.
-        per_device_eval_batch_size=max(cfg.batch_size, 64),
+        # A classifier's evaluation keeps no gradients and tiny logits: bigger batches fit and run faster.
+        # A causal LM's logits are batch x tokens x vocabulary: keep the training batch size.
+        per_device_eval_batch_size=max(cfg.batch_size, 64) if task == "text-classification" else cfg.batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         weight_decay=cfg.weight_decay,
         warmup_ratio=cfg.warmup_ratio,
@@ -316,6 +129,23 @@ def _callbacks(ctx: StepContext, cfg: TrainingSettings, has_eval: bool) -> list[
     return callbacks
 
 
+def _bucketed_trainer_class() -> Any:
+    """A Trainer subclass whose train batches group similar lengths (see `length_bucket_sampler`)."""
+    from transformers import Trainer
+
+    class BucketedTrainer(Trainer):
+        """A Trainer whose train batches group similar lengths (see `length_bucket_sampler`)."""
+
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            if BUCKET_BATCHES <= 0:
+                return super()._get_train_sampler(train_dataset)
+            lengths = [len(ids) for ids in dataset["input_ids"]]
+            return length_bucket_sampler(lengths, self.args.per_device_train_batch_size, self.args.seed, BUCKET_BATCHES)
+
+    return BucketedTrainer
+
+
 def train_with_trainer(
     model: Any, tokenizer: Any, task: str, train: Any, validation: Any, cfg: TrainingSettings,
     labels: list[str] | None, ctx: StepContext,
@@ -326,18 +156,6 @@ def train_with_trainer(
     `eval_metrics` are that evaluation's. With no validation split, evaluation falls back to none
     (logged); early stopping then cannot work and is an error. Returns {"train_metrics", "eval_metrics"}.
     """
-    from transformers import PrinterCallback, Trainer
-
-    class BucketedTrainer(Trainer):
-        """A Trainer whose train batches group similar lengths (see `length_bucket_sampler`)."""
-
-        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-            dataset = train_dataset if train_dataset is not None else self.train_dataset
-            if BUCKET_BATCHES <= 0:
-                return super()._get_train_sampler(train_dataset)
-            lengths = [len(ids) for ids in dataset["input_ids"]]
-            return length_bucket_sampler(lengths, self.args.per_device_train_batch_size, self.args.seed)
-
     if validation is None and cfg.eval_strategy != "no":
         if cfg.early_stopping_patience is not None:
             raise PassError("early_stopping_patience needs a validation split: add one in load_data `splits`, "
@@ -350,10 +168,24 @@ def train_with_trainer(
         logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
         return classification_metrics(pred.label_ids, logits.argmax(-1), num_labels)
 
+    # Pad on the right while training and evaluating: decoders count positions from the first token
+    # of the sequence, so left padding (some chat tokenizers' default) would shift every position.
+    side, tokenizer.padding_side = tokenizer.padding_side, "right"
+    try:
+        return _run(model, tokenizer, task, train, validation, cfg, ctx, has_eval, compute_metrics)
+    finally:
+        tokenizer.padding_side = side
+
+
+def _run(model: Any, tokenizer: Any, task: str, train: Any, validation: Any, cfg: TrainingSettings,
+         ctx: StepContext, has_eval: bool, compute_metrics: Any) -> dict[str, Any]:
+    """The Trainer run of `train_with_trainer`, in a temporary output folder."""
+    from transformers import PrinterCallback
+
     with tempfile.TemporaryDirectory(prefix="pipeline-train-") as scratch:
         args = training_arguments(cfg, task, has_eval, Path(scratch))
         callbacks = _callbacks(ctx, cfg, has_eval)
-        trainer = BucketedTrainer(
+        trainer = _bucketed_trainer_class()(
             model=model, args=args, train_dataset=train, eval_dataset=validation if has_eval else None,
             data_collator=collator_for(task, tokenizer), processing_class=tokenizer,
             compute_metrics=compute_metrics if task == "text-classification" and has_eval else None,

@@ -6,14 +6,13 @@ takes higher opsets) and eager attention, batch and sequence axes dynamic. Measu
 quantized to dynamic int8, runs ~4% faster than the dynamo graph; optimum's `main_export` drives the
 same exporter and gives the same graph (529 nodes, identical op counts) with more machinery.
 
-With `fuse` (the default) BERT-family graphs then go through onnxruntime's transformer optimizer
-(passes/_ort_fusion.py: Attention, EmbedLayerNormalization, BiasGelu; SkipLayerNorm left unfused):
-plain export + dynamic int8 measured ~3.4x PyTorch fp32 at 2 threads, short of the 4x goal, and the
-fused graph's int8 runs ~1.2x faster than that.
+The graph keeps standard ONNX operators (portable to every execution provider, and what static QDQ
+and int4 quantize best): fusing it with onnxruntime's transformer optimizer made fp32 no faster here
+(onnxruntime fuses LayerNorm and Gelu itself at load time). The one place fusion pays, dynamic int8
+(QAttention), is handled by `quantize`.
 
 The pass runs onnxruntime and PyTorch on sample sentences of different lengths (one at a time and all
-as one padded batch) and fails when their outputs differ by more than `atol`. A fused graph that
-fails the check is dropped for the plain one, which must pass.
+as one padded batch) and fails when their outputs differ by more than `atol`.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ from typing import Any
 from schemas.steps import ExportOnnxConfig
 
 from . import _onnx_utils as ou
-from ._ort_fusion import fuse_encoder
 from .base import Artifact, Pass, PassError, StepContext
 from .registry import register_pass
 
@@ -112,30 +110,18 @@ class ExportOnnx(Pass[ExportOnnxConfig]):
                 f"({exporter_for(self.config.opset)} exporter)")
         scratch = ctx.out_dir / ".export"
         try:
-            plain = _export(model, tokenizer, input_names, output, scratch / "plain", self.config.opset)
-            candidates: list[tuple[Path, dict[str, int] | None]] = []
-            if self.config.fuse:
-                stats = fuse_encoder(plain, scratch / "fused", model.config, ctx.log)
-                if stats:
-                    candidates.append((scratch / "fused" / ou.MODEL_FILE, stats))
-            candidates.append((plain, None))
-            for path, fused in candidates:
-                max_diff, worst = _compare(model, tokenizer, input_names, output, samples, path)
-                if max_diff <= self.config.atol:
-                    break
-                if fused:  # a fusion that changes the numbers is not worth having: fall back to the plain graph
-                    ctx.log(f"the fused graph differs from PyTorch by {max_diff:.3g}: keeping the unfused graph")
-            else:
+            path = _export(model, tokenizer, input_names, output, scratch, self.config.opset)
+            max_diff, worst = _compare(model, tokenizer, input_names, output, samples, path)
+            if not max_diff <= self.config.atol:  # `not <=` also catches NaN
                 raise PassError(
                     f"the ONNX model's `{output}` differs from PyTorch's by {max_diff:.3g} (on {worst}), more than "
                     f"atol={self.config.atol:g}; try another `opset`, or raise `atol` if this difference is acceptable"
                 )
-            for file in ou.model_files(path.parent):
+            for file in ou.model_files(scratch):
                 shutil.move(str(file), str(ctx.out_dir / file.name))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        ctx.log(f"max |onnxruntime - PyTorch| = {max_diff:.3g} on {len(samples)} samples and a padded batch of them"
-                + (f"; fused {', '.join(f'{n} {op}' for op, n in fused.items())}" if fused else ""))
+        ctx.log(f"max |onnxruntime - PyTorch| = {max_diff:.3g} on {len(samples)} samples and a padded batch of them")
 
         tokenizer.save_pretrained(ctx.out_dir)
         model.config.save_pretrained(ctx.out_dir)
@@ -152,11 +138,10 @@ class ExportOnnx(Pass[ExportOnnxConfig]):
             "outputs": [output],
             "opset": self.config.opset,
             "exporter": exporter_for(self.config.opset),
-            "fused": fused,
             "max_abs_diff": max_diff,
             "size_mb": ou.mb(size),
             "model_type": model.config.model_type,
-            "summary": f"ONNX opset {self.config.opset}{' (fused)' if fused else ''}, {ou.mb(size):.1f} MB, "
+            "summary": f"ONNX opset {self.config.opset}, {ou.mb(size):.1f} MB, "
             f"inputs {', '.join(input_names)}; max |ORT - PyTorch| {max_diff:.2g} on {len(samples)} samples",
             "metrics": {"max_abs_diff": max_diff, "size_mb": ou.mb(size)},
         }

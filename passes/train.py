@@ -9,8 +9,14 @@ encoder without a head gets a new one) and `causal-lm` (AutoModelForCausalLM on 
 loss on the response tokens only). The default task is the base model's; an encoder (feature
 extraction) with labelled data becomes a classifier.
 
-Measured defaults for the quickstart (MiniLM-L6, SMS spam, 794 balanced train rows, 2 CPU cores):
-see `LORA_RECIPE` below and the slow test in tests/passes/test_train.py.
+When the run evaluates (a validation split and `eval_strategy` other than `no`), the result is the
+best evaluated checkpoint by `metric_for_best_model`; without a validation split training goes on
+without evaluation (a log line says so) unless early stopping was asked for (an error).
+
+Measured for the quickstart (MiniLM-L6 + SMS spam from `load_data`: 794 balanced train rows, 452
+validation, 904 test; 2 CPU cores): LoRA r=8, alpha 16 on query/value, learning rate 2e-3, 3 epochs,
+batch 16, max_length 64, evaluation each epoch, best by validation loss: test accuracy 0.987-0.990
+over three seeds (the last epoch alone: 0.979-0.990). See QUICKSTART in tests/passes/test_train.py.
 """
 
 from __future__ import annotations
@@ -24,14 +30,8 @@ from schemas.steps import FinetuneConfig, LoraConfig, MergeAdapterConfig
 from ._hf import human_count
 from ._hf_utils import load_dataset_dict, load_model, load_tokenizer, quiet_transformers
 from ._train_layers import default_target_modules, freeze_all_but_last, new_module_paths
-from ._train_utils import (
-    check_classifiable,
-    count_parameters,
-    prepare_data,
-    resolve_task,
-    summary_metrics,
-    train_with_trainer,
-)
+from ._train_data import check_classifiable, prepare_data, resolve_task
+from ._train_utils import count_parameters, summary_metrics, train_with_trainer
 from .base import Artifact, Pass, PassError, StepContext
 from .registry import register_pass
 
@@ -60,6 +60,10 @@ def _load_for_training(cfg: Any, inputs: dict[str, Any], ctx: StepContext) -> tu
     labels = list(data.meta["labels"]) if task == "text-classification" else None
     if task == "text-classification":
         check_classifiable(folder, base.step)
+        old_labels = base.meta.get("labels")
+        if old_labels and list(old_labels) != labels:
+            ctx.log(f"the base's labels {', '.join(old_labels)} become the dataset's {', '.join(labels)} "
+                    "(a head of another size is replaced, one of the same size is trained on)")
     tokenizer = load_tokenizer(folder, causal=task == "causal-lm")
     train, validation = prepare_data(load_dataset_dict(data), tokenizer, task, cfg.max_length, ctx)
     set_seed(cfg.seed)  # before loading: a new head is initialized from the seed

@@ -21,12 +21,6 @@ class ExportOnnxConfig(StepConfig):
         1e-4, gt=0, le=1, description="The largest absolute difference from PyTorch's outputs allowed on sample inputs."
     )
     check_samples: int = Field(4, ge=1, le=256, description="How many sample inputs the check runs.")
-    fuse: bool = Field(
-        True,
-        description="Fuse attention, embeddings and Gelu with onnxruntime's transformer optimizer (BERT-family "
-        "encoders; SkipLayerNorm left unfused, it is slow on x86 CPUs). Dynamic int8 then quantizes attention "
-        "into QAttention (~1.2x faster). Turn off for a graph of standard ONNX operators only.",
-    )
 
     output_kind: ClassVar[str] = "onnx_model"
 
@@ -61,6 +55,13 @@ class QuantizeConfig(StepConfig):
     )
     exclude_nodes: list[str] = Field(default_factory=list, description="Node names to leave unquantized.")
     exclude_op_types: list[str] = Field(default_factory=list, description="Operator types to leave unquantized.")
+    fuse: bool = Field(
+        True,
+        description="dynamic_int8: first fuse attention, embeddings and Gelu with onnxruntime's transformer "
+        "optimizer (BERT-family encoders; SkipLayerNorm left unfused, it is slow on x86 CPUs), so attention "
+        "quantizes into QAttention (~1.2x faster at 2 threads); with `op_types` set, only when they name a fused "
+        "op (Attention, EmbedLayerNormalization). Off: standard ONNX int8 operators only.",
+    )
 
     output_kind: ClassVar[str] = "onnx_model"
 

@@ -53,9 +53,6 @@ def test_export_matches_pytorch_with_dynamic_axes(exported, tiny_bert_classifier
     assert meta["labels"] == ["ham", "spam"]
     assert meta["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
     assert meta["outputs"] == ["logits"] and meta["opset"] == 17 and meta["exporter"] == "torchscript"
-    # BERT is fused (2 layers), SkipLayerNorm left out on purpose.
-    assert meta["fused"]["Attention"] == 2 and meta["fused"]["EmbedLayerNormalization"] == 1
-    assert "SkipLayerNormalization" not in meta["fused"]
     assert 0 <= meta["max_abs_diff"] <= 1e-4 and meta["size_mb"] > 0
     assert "max |ORT - PyTorch|" in meta["summary"]
     for name in ("model.onnx", "tokenizer.json", "config.json", "inference.py"):
@@ -64,12 +61,11 @@ def test_export_matches_pytorch_with_dynamic_axes(exported, tiny_bert_classifier
     assert json.loads((folder / "config.json").read_text())["id2label"] == {"0": "ham", "1": "spam"}
 
     proto = onnx.load(str(folder / "model.onnx"))
-    ops = {n.op_type for n in proto.graph.node}
-    assert {"Attention", "EmbedLayerNormalization"} <= ops and "SkipLayerNormalization" not in ops
-    assert {o.domain for o in proto.opset_import} >= {"", "com.microsoft"}
+    # Standard ONNX operators only (portable); fusion is quantize's business.
+    assert {n.domain for n in proto.graph.node} <= {"", "ai.onnx"}
     names = [n.name for n in proto.graph.node]
     assert all(names) and len(set(names)) == len(names)  # quantizers key nodes by name
-    onnx.shape_inference.infer_shapes(proto, strict_mode=True)  # a valid model, contrib ops included
+    onnx.checker.check_model(proto, full_check=True)
     assert [d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim] == ["batch", "sequence"]
     assert [o.name for o in proto.graph.output] == ["logits"]
     # A padded batch of 3 (a shape the export never saw) gives PyTorch's logits.
@@ -77,7 +73,7 @@ def test_export_matches_pytorch_with_dynamic_axes(exported, tiny_bert_classifier
     session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {k: enc[k].astype(np.int64) for k in meta["inputs"]})
     np.testing.assert_allclose(got, torch_logits(tiny_bert_classifier_dir, TEXTS), atol=1e-5)
-    # The fused attention takes the raw mask: left padding is right too.
+    # Left padding gives PyTorch's logits too.
     enc = AutoTokenizer.from_pretrained(folder, padding_side="left")(TEXTS, padding=True, return_tensors="np")
     assert enc["attention_mask"][:, 0].min() == 0  # really left-padded
     (got,) = session.run(None, {k: enc[k].astype(np.int64) for k in meta["inputs"]})
@@ -134,38 +130,12 @@ def test_check_fails_when_onnx_differs_from_pytorch(tiny_bert_classifier_dir, tm
         export(tiny_bert_classifier_dir, tmp_path / "bad", check_samples=2)
 
 
-def test_fused_graph_that_fails_the_check_is_dropped(tiny_bert_classifier_dir, tmp_path, monkeypatch):
-    import passes.onnx_export as mod
-
-    real_fuse = mod.fuse_encoder
-
-    def bad_fusion(src, dst_dir, config, log):
-        stats = real_fuse(src, dst_dir, config, log)
-        _shift_classifier_bias(dst_dir / "model.onnx", 0.5)
-        return stats
-
-    monkeypatch.setattr(mod, "fuse_encoder", bad_fusion)
-    ctx = SimpleContext(step="onnx", out_dir=tmp_path / "out", quiet=True)
-    ctx.out_dir.mkdir()
-    art = make_artifact("hf_model", tiny_bert_classifier_dir, {"task": "text-classification", "labels": ["ham", "spam"]})
-    meta = ExportOnnx(ExportOnnxConfig(type="export_onnx", model="upstream", check_samples=2)).run({"model": art}, ctx)
-    assert meta["fused"] is None and meta["max_abs_diff"] <= 1e-4
-    assert any("fused graph differs from PyTorch by 0.5" in line for line in ctx.lines)
-    import onnx
-
-    assert "Attention" not in {n.op_type for n in onnx.load(str(ctx.out_dir / "model.onnx")).graph.node}
-
-
 def test_tight_atol_fails(tiny_bert_classifier_dir, tmp_path, monkeypatch):
     """The threshold is the config's: a diff of 1e-7 passes atol 1e-6 and fails atol 1e-9."""
     import passes.onnx_export as mod
 
     monkeypatch.setattr(mod, "_compare", lambda *a, **k: (1e-7, "input of shape 1x5"))
-    meta = export(tiny_bert_classifier_dir, tmp_path / "ok", atol=1e-6, check_samples=1, fuse=False)
-    assert meta["max_abs_diff"] == 1e-7 and meta["fused"] is None
-    import onnx
-
-    assert not {"Attention", "EmbedLayerNormalization"} & {n.op_type for n in onnx.load(str(tmp_path / "ok" / "model.onnx")).graph.node}
+    assert export(tiny_bert_classifier_dir, tmp_path / "ok", atol=1e-6, check_samples=1)["max_abs_diff"] == 1e-7
     with pytest.raises(PassError, match=r"1e-07 \(on input of shape 1x5\), more than atol=1e-09"):
         export(tiny_bert_classifier_dir, tmp_path / "tight", atol=1e-9, check_samples=1)
 
