@@ -39,17 +39,25 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-def make_cpu_session(model_path: Path, threads: int | None = None) -> Any:
-    """An onnxruntime CPU session with all graph optimizations except the slow SkipLayerNorm fusion."""
+def make_session(model_path: Path, providers: list[str], threads: int | None = None) -> Any:
+    """An onnxruntime session on `providers` with `threads` intra-op threads (default: the cores).
+
+    All graph optimizations run except those slower than the unfused ops on the CPU provider.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or cpu_cores()
+    options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3  # errors only: the pass reports what matters itself
-    return ort.InferenceSession(
-        str(model_path), options, providers=["CPUExecutionProvider"], disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS)
-    )
+    options.log_severity_level = 3  # errors only: the passes report what matters themselves
+    disabled = list(CPU_DISABLED_OPTIMIZERS) if providers[0] == "CPUExecutionProvider" else None
+    return ort.InferenceSession(str(model_path), options, providers=providers, disabled_optimizers=disabled)
+
+
+def make_cpu_session(model_path: Path, threads: int | None = None) -> Any:
+    """`make_session` on the CPU provider."""
+    return make_session(model_path, ["CPUExecutionProvider"], threads)
 
 
 def model_files(folder: Path) -> list[Path]:
@@ -66,25 +74,31 @@ def model_files(folder: Path) -> list[Path]:
     return sorted(files)
 
 
+def _graphs(graph: Any) -> Any:
+    """`graph` and every subgraph under it (If / Loop / Scan bodies), depth first."""
+    import onnx
+
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(attr.g)
+            for sub in attr.graphs:
+                yield from _graphs(sub)
+
+
 def _all_tensors(proto: Any) -> list[Any]:
     """Every tensor of a model: initializers and tensor attributes, in subgraphs too."""
     import onnx
 
     found: list[Any] = []
-
-    def visit(graph: Any) -> None:
+    for graph in _graphs(proto.graph):
         found.extend(graph.initializer)
         for node in graph.node:
             for attr in node.attribute:
                 if attr.type == onnx.AttributeProto.TENSOR:
                     found.append(attr.t)
                 found.extend(attr.tensors)
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    visit(attr.g)
-                for sub in attr.graphs:
-                    visit(sub)
-
-    visit(proto.graph)
     return found
 
 
@@ -135,19 +149,7 @@ def op_counts(model_path: Path) -> Counter:
     import onnx
 
     proto = onnx.load(str(model_path), load_external_data=False)
-    counts: Counter = Counter()
-
-    def visit(graph: Any) -> None:
-        for node in graph.node:
-            counts[node.op_type] += 1
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    visit(attr.g)
-                for sub in attr.graphs:
-                    visit(sub)
-
-    visit(proto.graph)
-    return counts
+    return Counter(node.op_type for graph in _graphs(proto.graph) for node in graph.node)
 
 
 def copy_companions(src: Path, dst: Path) -> list[str]:

@@ -19,7 +19,7 @@ from typing import Any
 from schemas import Target
 from schemas.steps import EvaluateConfig
 
-from . import _latency, _report
+from . import _latency, _onnx_utils, _report
 from .base import Artifact, Pass, PassError
 from .registry import register_pass
 
@@ -36,8 +36,6 @@ PROVIDER_PACKAGES = {
     "MIGraphXExecutionProvider": "onnxruntime-migraphx",
     "CoreMLExecutionProvider": "onnxruntime (macOS build)",
 }
-#: Graph fusions slower than the unfused ops on the CPU provider here (see PERFORMANCE-NOTES.md).
-CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
 #: Weights files of a Hugging Face folder (the tokenizer and config do not count towards its size).
 HF_WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "tf_model*.h5", "flax_model*.msgpack")
 #: Rows per batch for the quality metrics (dynamic padding keeps short batches cheap).
@@ -69,29 +67,14 @@ def session_providers(target: Target, available: list[str], log: Callable[[str],
 
 def make_session(model_path: Path, providers: list[str], threads: int) -> Any:
     """An ONNX Runtime session with `threads` intra-op threads; SkipLayerNorm left unfused on the CPU."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    disabled = CPU_DISABLED_OPTIMIZERS if providers[0] == "CPUExecutionProvider" else None
-    return ort.InferenceSession(str(model_path), options, providers=providers, disabled_optimizers=disabled)
+    return _onnx_utils.make_session(model_path, providers, threads)
 
 
 def model_size_bytes(artifact: Artifact) -> int:
     """Bytes on disk of the model itself: `.onnx` files plus their external data, or HF weights files."""
     folder = Path(artifact.path)
     if artifact.kind == "onnx_model":
-        import onnx
-
-        files: set[Path] = set()
-        for graph_file in folder.glob("*.onnx"):
-            files.add(graph_file)
-            proto = onnx.load(str(graph_file), load_external_data=False)
-            for tensor in proto.graph.initializer:
-                if tensor.data_location == onnx.TensorProto.EXTERNAL:
-                    location = next(e.value for e in tensor.external_data if e.key == "location")
-                    files.add(graph_file.parent / location)
+        files = set(_onnx_utils.model_files(folder)) if (folder / _onnx_utils.MODEL_FILE).exists() else set()
     else:
         files = {p for pattern in HF_WEIGHT_PATTERNS for p in folder.glob(pattern)}
     if not files:

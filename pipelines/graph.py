@@ -40,8 +40,3 @@ def needed_for(graph: nx.DiGraph, steps: Iterable[str]) -> set[str]:
     for step in steps:
         out |= {step} | nx.ancestors(graph, step)
     return out
-
-
-def downstream_of(graph: nx.DiGraph, step: str) -> set[str]:
-    """Every step that depends on `step` (directly or not)."""
-    return set(nx.descendants(graph, step))

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from passes import Artifact, PassError, get_pass
-from pipelines.graph import downstream_of, needed_for
+from pipelines.graph import needed_for
 from pipelines.validate import LoadedWorkflow
 from schemas import Target
 from schemas.errors import ConfigError, Issue, PipelineError
@@ -329,4 +329,4 @@ def plan_workflow(loaded: LoadedWorkflow, cache_dir: Path | None = None) -> list
     return rows
 
 
-__all__ = ["RunOptions", "RunResult", "StepRecord", "PlanRow", "run_workflow", "plan_workflow", "downstream_of"]
+__all__ = ["RunOptions", "RunResult", "StepRecord", "PlanRow", "run_workflow", "plan_workflow"]
