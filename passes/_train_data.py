@@ -84,47 +84,126 @@ def check_classifiable(folder: Path, step: str) -> None:
 # --- data --------------------------------------------------------------------------------------------
 
 
-def prepare_data(dd: Any, tokenizer: Any, task: str, max_length: int, ctx: StepContext) -> tuple[Any, Any]:
-    """Tokenized (train, validation or None) datasets for `task`; validation sorted by length.
+def prepare_data(dd: Any, tokenizer: Any, task: str, max_length: int, ctx: StepContext,
+                 chat: dict[str, Any] | None = None, train_on_prompt: bool = False,
+                 packing: bool = False) -> tuple[Any, Any, dict[str, Any]]:
+    """Tokenized (train, validation or None) datasets for `task`, and what truncation did.
 
     Examples are not padded here: the collator pads each batch to its longest example, which on short
     texts (SMS averages ~25 tokens) is several times less work than padding to `max_length`. The
     validation split is sorted by length (evaluation order does not change metrics) for the same reason.
+
+    Instruction data (causal LMs) is formatted by `_chat.split_pair` (the dataset's chat settings),
+    cut by `_chat.fit` (the prompt gives way before the response; every cut is counted and logged),
+    labelled -100 on the prompt unless `train_on_prompt`, and, with `packing`, the train split's
+    examples are packed into rows of up to `max_length` tokens.
     """
     if "train" not in dd:
         raise PassError(f"the dataset has no train split (it has: {', '.join(dd)})")
     with quiet_datasets():
-        return _prepare(dd, tokenizer, task, max_length, ctx)
+        if task == "text-classification":
+            train, validation = _prepare_classification(dd, tokenizer, max_length)
+            return train, validation, {}
+        return _prepare_instructions(dd, tokenizer, max_length, ctx, chat or {}, train_on_prompt, packing)
 
 
-def _prepare(dd: Any, tokenizer: Any, task: str, max_length: int, ctx: StepContext) -> tuple[Any, Any]:
-    encode = _encode_classification if task == "text-classification" else _encode_instruction
+def _by_length(ds: Any) -> Any:
+    lengths = [len(ids) for ids in ds["input_ids"]]
+    return ds.select(sorted(range(len(lengths)), key=lengths.__getitem__))
+
+
+def _check_columns(ds: Any, split: str, needed: tuple[str, ...]) -> None:
+    missing = [c for c in needed if c not in ds.column_names]
+    if missing:
+        raise PassError(f"the {split} split lacks the column(s) {', '.join(missing)} (it has {', '.join(ds.column_names)})")
+
+
+def _prepare_classification(dd: Any, tokenizer: Any, max_length: int) -> tuple[Any, Any]:
     out = []
     for split in ("train", VALIDATION):
         if split not in dd:
             out.append(None)
             continue
         ds = dd[split]
-        needed = ("text", "label") if task == "text-classification" else ("prompt", "response")
-        missing = [c for c in needed if c not in ds.column_names]
-        if missing:
-            raise PassError(f"the {split} split lacks the column(s) {', '.join(missing)} (it has {', '.join(ds.column_names)})")
-        tokenized = ds.map(
-            lambda batch: encode(batch, tokenizer, max_length), batched=True,
-            remove_columns=ds.column_names, keep_in_memory=True, desc=None,
-        )
-        if task == "causal-lm":
-            before = len(tokenized)
-            tokenized = tokenized.filter(lambda ex: any(t != IGNORE_INDEX for t in ex["labels"]), keep_in_memory=True)
-            if len(tokenized) < before:
-                ctx.log(f"{split}: dropped {before - len(tokenized)} examples whose prompt fills max_length={max_length}")
+        _check_columns(ds, split, ("text", "label"))
+        tokenized = ds.map(lambda batch: _encode_classification(batch, tokenizer, max_length), batched=True,
+                           remove_columns=ds.column_names, keep_in_memory=True, desc=None)
         if len(tokenized) == 0:
-            raise PassError(f"the {split} split has no usable examples (raise max_length or check the data)")
-        if split == VALIDATION:
-            lengths = [len(ids) for ids in tokenized["input_ids"]]
-            tokenized = tokenized.select(sorted(range(len(lengths)), key=lengths.__getitem__))
-        out.append(tokenized)
+            raise PassError(f"the {split} split has no usable examples (check the data)")
+        out.append(_by_length(tokenized) if split == VALIDATION else tokenized)
     return out[0], out[1]
+
+
+def _prepare_instructions(dd: Any, tokenizer: Any, max_length: int, ctx: StepContext, chat: dict[str, Any],
+                          train_on_prompt: bool, packing: bool) -> tuple[Any, Any, dict[str, Any]]:
+    from datasets import Dataset
+
+    from ._chat import fit, split_pair
+
+    out, report = [], {}
+    for split in ("train", VALIDATION):
+        if split not in dd:
+            out.append(None)
+            continue
+        ds = dd[split]
+        _check_columns(ds, split, ("prompt", "response"))
+        rows = {"input_ids": [], "attention_mask": [], "labels": []}
+        cut = {"prompt": 0, "response": 0}
+        longest = 0
+        for prompt, response in zip(ds["prompt"], ds["response"]):
+            p, r = split_pair(tokenizer, prompt, response, chat)
+            longest = max(longest, len(p) + len(r))
+            p, r, what = fit(p, r, max_length)
+            if what:
+                cut[what] += 1
+            rows["input_ids"].append(p + r)
+            rows["attention_mask"].append([1] * (len(p) + len(r)))
+            rows["labels"].append((p if train_on_prompt else [IGNORE_INDEX] * len(p)) + r)
+        n = len(rows["input_ids"])
+        if n == 0:
+            raise PassError(f"the {split} split has no examples")
+        if cut["prompt"] + cut["response"] == n:
+            raise PassError(
+                f"every {split} example is longer than max_length={max_length} tokens (the longest is {longest}): "
+                "raise `max_length`, or drop long rows with `max_chars` in load_data"
+            )
+        if cut["prompt"] or cut["response"]:
+            ctx.log(f"{split}: {cut['prompt'] + cut['response']} of {n} examples longer than max_length={max_length}: "
+                    f"{cut['prompt']} lost the start of their prompt, {cut['response']} the end of their response")
+        report[split] = {"examples": n, "prompt_truncated": cut["prompt"], "response_truncated": cut["response"],
+                         "longest_tokens": longest}
+        tokenized = Dataset.from_dict(rows)
+        if split == "train" and packing:
+            tokenized = _pack(rows, max_length)
+            ctx.log(f"packing: {n} train examples in {len(tokenized)} rows of up to {max_length} tokens")
+            report[split]["packed_rows"] = len(tokenized)
+        out.append(_by_length(tokenized) if split == VALIDATION else tokenized)
+    return out[0], out[1], report
+
+
+def _pack(rows: dict[str, list], max_length: int) -> Any:
+    """Whole examples packed, first fit in order of length, into rows of at most `max_length` tokens.
+
+    No example is split across rows. Packed examples attend to each other within a row (the
+    standard trade-off of packing without per-example masks); each keeps its own labels, so the loss
+    stays on the response tokens.
+    """
+    from datasets import Dataset
+
+    order = sorted(range(len(rows["input_ids"])), key=lambda i: -len(rows["input_ids"][i]))
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        size = len(rows["input_ids"][i])
+        slot = next((b for b, free in enumerate(room) if free >= size), None)
+        if slot is None:
+            bins.append([i])
+            room.append(max_length - size)
+        else:
+            bins[slot].append(i)
+            room[slot] -= size
+    join = lambda col, b: [t for i in b for t in rows[col][i]]
+    return Dataset.from_dict({col: [join(col, b) for b in bins] for col in ("input_ids", "attention_mask", "labels")})
 
 
 def _encode_classification(batch: dict[str, list], tokenizer: Any, max_length: int) -> dict[str, list]:
@@ -133,23 +212,6 @@ def _encode_classification(batch: dict[str, list], tokenizer: Any, max_length: i
     enc = tokenizer(batch["text"], pair, truncation=True, max_length=max_length)
     enc["labels"] = batch["label"]
     return dict(enc)
-
-
-def _encode_instruction(batch: dict[str, list], tokenizer: Any, max_length: int) -> dict[str, list]:
-    """prompt + response (+ EOS) as one sequence; labels are -100 on the prompt so only the response is learned.
-
-    The two parts are tokenized separately so the prompt/response boundary is exact (tokenizing the
-    joined string can merge tokens across it); the prompt keeps the tokenizer's special tokens (BOS).
-    """
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-    prompts = tokenizer(batch["prompt"], add_special_tokens=True)["input_ids"]
-    responses = tokenizer(batch["response"], add_special_tokens=False)["input_ids"]
-    ids_out, labels_out = [], []
-    for p, r in zip(prompts, responses):
-        tail = r + ([eos] if eos is not None else [])
-        ids_out.append((p + tail)[:max_length])
-        labels_out.append(([IGNORE_INDEX] * len(p) + tail)[:max_length])
-    return {"input_ids": ids_out, "attention_mask": [[1] * len(i) for i in ids_out], "labels": labels_out}
 
 
 def collator_for(task: str, tokenizer: Any) -> Any:

@@ -17,6 +17,7 @@ BUILTIN_PASSES = {
     "model": "passes.model",
     "load_data": "passes.data",
     "lora": "passes.train",
+    "qlora": "passes.train",
     "finetune": "passes.train",
     "merge_adapter": "passes.train",
     "export_onnx": "passes.onnx_export",

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from schemas.steps import FinetuneConfig, LoraConfig, MergeAdapterConfig
+from schemas.steps import FinetuneConfig, LoraConfig, MergeAdapterConfig, QloraConfig
 
+from ._chat import chat_settings, check_chat_template
 from ._hf import human_count
 from ._hf_utils import load_dataset_dict, load_model, load_tokenizer, quiet_transformers
 from ._train_layers import default_target_modules, freeze_all_but_last, new_module_paths
@@ -49,8 +50,9 @@ CHECK_TEXTS = (
 MERGE_TOLERANCE = 1e-4
 
 
-def _load_for_training(cfg: Any, inputs: dict[str, Any], ctx: StepContext) -> tuple[str, list[str] | None, Any, Any, Any, Any, list[str]]:
-    """Resolve the task, tokenize the data and load the model: (task, labels, tokenizer, train, val, model, new keys)."""
+def _load_for_training(cfg: Any, inputs: dict[str, Any], ctx: StepContext,
+                       load_kwargs: dict[str, Any] | None = None) -> "Loaded":
+    """Resolve the task, tokenize the data and load the model (with `load_kwargs`, e.g. a 4-bit config)."""
     from transformers import set_seed
 
     base: Artifact = inputs["model"]
@@ -65,15 +67,35 @@ def _load_for_training(cfg: Any, inputs: dict[str, Any], ctx: StepContext) -> tu
             ctx.log(f"the base's labels {', '.join(old_labels)} become the dataset's {', '.join(labels)} "
                     "(a head of another size is replaced, one of the same size is trained on)")
     tokenizer = load_tokenizer(folder, causal=task == "causal-lm")
-    train, validation = prepare_data(load_dataset_dict(data), tokenizer, task, cfg.max_length, ctx)
+    chat = chat_settings(data.meta)
+    if task == "causal-lm":
+        check_chat_template(tokenizer, chat, f"the base {base.step!r}")
+    train, validation, truncation = prepare_data(
+        load_dataset_dict(data), tokenizer, task, cfg.max_length, ctx, chat=chat,
+        train_on_prompt=cfg.train_on_prompt, packing=cfg.packing,
+    )
     set_seed(cfg.seed)  # before loading: a new head is initialized from the seed
-    model, new_keys = load_model(folder, task, labels)
+    model, new_keys = load_model(folder, task, labels, **(load_kwargs or {}))
     if task == "causal-lm" and getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if new_keys:
         ctx.log(f"new weights (trained and saved): {', '.join(new_module_paths(new_keys))}"
                 + (f" for labels {', '.join(labels)}" if labels else ""))
-    return task, labels, tokenizer, train, validation, model, new_keys
+    return Loaded(task, labels, tokenizer, train, validation, model, new_keys, truncation, chat)
+
+
+class Loaded(NamedTuple):
+    """What `_load_for_training` prepared."""
+
+    task: str
+    labels: list[str] | None
+    tokenizer: Any
+    train: Any
+    validation: Any
+    model: Any
+    new_keys: list[str]
+    truncation: dict[str, Any]
+    chat: dict[str, Any]
 
 
 def _stable_base_name(config_file: Path, name: str) -> None:
@@ -106,9 +128,11 @@ class Lora(Pass[LoraConfig]):
 
         cfg = self.config
         base: Artifact = inputs["model"]
-        task, labels, tokenizer, train, validation, model, new_keys = _load_for_training(cfg, inputs, ctx)
+        loaded = _load_for_training(cfg, inputs, ctx, self._load_kwargs(ctx))
+        task, labels, tokenizer, model = loaded.task, loaded.labels, loaded.tokenizer, loaded.model
+        extra = self._prepare(model, ctx)
         targets = cfg.target_modules or default_target_modules(model)
-        new_modules = new_module_paths(new_keys)
+        new_modules = new_module_paths(loaded.new_keys)
         peft_config = PeftLoraConfig(
             task_type=TaskType.SEQ_CLS if task == "text-classification" else TaskType.CAUSAL_LM,
             r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
@@ -121,8 +145,8 @@ class Lora(Pass[LoraConfig]):
             raise PassError(f"cannot apply LoRA: {exc}. Check `target_modules`") from exc
         trainable, total = count_parameters(model)
         ctx.log(f"LoRA r={cfg.r} on {targets if isinstance(targets, str) else ', '.join(targets)}: "
-                f"{human_count(trainable)} of {human_count(total)} parameters train; {len(train)} train rows")
-        result = train_with_trainer(model, tokenizer, task, train, validation, cfg, labels, ctx)
+                f"{human_count(trainable)} of {human_count(total)} parameters train; {len(loaded.train)} train rows")
+        result = train_with_trainer(model, tokenizer, task, loaded.train, loaded.validation, cfg, labels, ctx)
 
         model.save_pretrained(str(ctx.out_dir))
         _stable_base_name(ctx.out_dir / "adapter_config.json", base.meta.get("architecture") or base.step)
@@ -130,7 +154,7 @@ class Lora(Pass[LoraConfig]):
         (ctx.out_dir / "README.md").unlink(missing_ok=True)
         tokenizer.save_pretrained(str(ctx.out_dir))
         tm, em = result["train_metrics"], result["eval_metrics"]
-        summary = (f"LoRA r={cfg.r}, {task}, {tm['steps']} steps in {tm['runtime_s']:.1f}s, "
+        summary = (f"{self.label}, {task}, {tm['steps']} steps in {tm['runtime_s']:.1f}s, "
                    f"train loss {tm['loss']:.4f}, {summary_metrics(em)}")
         return {
             "task": task,
@@ -142,9 +166,106 @@ class Lora(Pass[LoraConfig]):
             "trainable_parameters": trainable,
             "train_metrics": tm,
             "eval_metrics": em,
-            "metrics": {f"val_{k}": v for k, v in em.items()} | {"train_loss": tm["loss"], "train_s": tm["runtime_s"]},
-            "summary": summary,
+            "truncation": loaded.truncation or None,
+            "chat": loaded.chat if task == "causal-lm" else None,
+            "metrics": {f"val_{k}": v for k, v in em.items()} | {"train_loss": tm["loss"], "train_s": tm["runtime_s"]}
+            | extra.get("metrics", {}),
+            "summary": summary + extra.get("summary", ""),
+        } | {k: v for k, v in extra.items() if k not in ("metrics", "summary")}
+
+    @property
+    def label(self) -> str:
+        """How the summary names the method."""
+        return f"LoRA r={self.config.r}"
+
+    def _load_kwargs(self, ctx: StepContext) -> dict[str, Any]:
+        """Extra `from_pretrained` arguments for the base (QLoRA: the 4-bit quantization config)."""
+        return {}
+
+    def _prepare(self, model: Any, ctx: StepContext) -> dict[str, Any]:
+        """Adjust the loaded base before LoRA is applied; return meta to merge into the result."""
+        return {}
+
+
+@register_pass
+class Qlora(Lora):
+    """QLoRA: the base's linear layers loaded in 4-bit with bitsandbytes, LoRA trained on top.
+
+    `prepare_model_for_kbit_training` casts the norms to float32 and turns on gradient checkpointing;
+    bitsandbytes' CPU backend runs the 4-bit layers here (fp32 or bf16 compute). The adapter is saved
+    like a LoRA adapter, marked `quantized_base`, so `merge_adapter` merges it into the de-quantized base.
+    """
+
+    config_class = QloraConfig  # type: ignore[assignment]
+    version = 1
+    packages = _TRAIN_PACKAGES + ("bitsandbytes",)
+
+    @property
+    def label(self) -> str:
+        return f"QLoRA {self.config.quant_type} r={self.config.r}"
+
+    def _load_kwargs(self, ctx: StepContext) -> dict[str, Any]:
+        return {"quantization_config": bnb_config(self.config), "device_map": "cpu"}
+
+    def _prepare(self, model: Any, ctx: StepContext) -> dict[str, Any]:
+        from peft import prepare_model_for_kbit_training
+
+        cfg = self.config
+        quantized = model.get_memory_footprint()
+        # A 4-bit weight is stored as uint8 holding two values; in float32 each value takes 4 bytes.
+        full = sum(p.numel() * (4 if p.dtype.is_floating_point else 8) for p in model.parameters())
+        ctx.log(f"base in 4-bit {cfg.quant_type}: {quantized / 2**20:.1f} MB of memory, against "
+                f"{full / 2**20:.1f} MB in float32 ({quantized / full:.0%})")
+        prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing,
+                                        gradient_checkpointing_kwargs={"use_reentrant": False})
+        memory = {"base_4bit_mb": round(quantized / 2**20, 1), "base_fp32_mb": round(full / 2**20, 1)}
+        return {
+            "quantized_base": {"bits": 4, "quant_type": cfg.quant_type, "double_quant": cfg.double_quant,
+                               "compute_dtype": cfg.compute_dtype},
+            "memory": memory,
+            "metrics": memory,
+            "summary": f"; base {memory['base_4bit_mb']:.0f} MB in 4-bit vs {memory['base_fp32_mb']:.0f} MB fp32",
         }
+
+
+def _dequantize_into(model: Any, folder: Path, task: str, labels: list[str] | None, quantized: dict[str, Any]) -> int:
+    """Replace `model`'s linear weights by their 4-bit round trip (as QLoRA trained on); return how many.
+
+    A QLoRA adapter learned corrections to the quantized weights, so it is merged into those (de-quantized
+    to float32), not into the original float32 weights. The same BitsAndBytesConfig reproduces them.
+    """
+    from types import SimpleNamespace
+
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import dequantize_4bit
+
+    q_model, _ = load_model(folder, task, labels, quantization_config=bnb_config(SimpleNamespace(**quantized)),
+                            device_map="cpu")
+    q_modules = dict(q_model.named_modules())
+    done = 0
+    for name, module in model.named_modules():
+        q = q_modules.get(name)
+        if isinstance(q, bnb.nn.Linear4bit):
+            module.weight.data.copy_(dequantize_4bit(q.weight.data, q.weight.quant_state).float())
+            done += 1
+    return done
+
+
+def bnb_config(settings: Any) -> Any:
+    """transformers' BitsAndBytesConfig for a 4-bit base (`quant_type`, `double_quant`, `compute_dtype`)."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    try:
+        import bitsandbytes  # noqa: F401  (a clear error here beats transformers' long one)
+    except ImportError as exc:
+        raise PassError("qlora needs bitsandbytes: pip install 'bitsandbytes>=0.45'") from exc
+    if settings.compute_dtype == "float16" and not torch.cuda.is_available():
+        raise PassError("compute_dtype float16 needs a CUDA GPU; use float32 or bfloat16 on the CPU")
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=settings.quant_type, bnb_4bit_use_double_quant=settings.double_quant,
+        bnb_4bit_compute_dtype=getattr(torch, settings.compute_dtype),
+    )
 
 
 @register_pass
@@ -158,7 +279,7 @@ class Finetune(Pass[FinetuneConfig]):
     def run(self, inputs: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
         """Train and save a plain model folder into ctx.out_dir; return its meta."""
         cfg = self.config
-        task, labels, tokenizer, train, validation, model, _ = _load_for_training(cfg, inputs, ctx)
+        task, labels, tokenizer, train, validation, model, *_ = _load_for_training(cfg, inputs, ctx)
         frozen = None
         if cfg.train_layers is not None:
             frozen = freeze_all_but_last(model, cfg.train_layers, ctx.log)
@@ -217,6 +338,12 @@ class MergeAdapter(Pass[MergeAdapterConfig]):
         tokenizer = load_tokenizer(Path(adapter.path), causal=task == "causal-lm")
         torch.manual_seed(0)  # any head initialized at load is replaced by the adapter's saved copy
         model, _ = load_model(Path(base.path), task, labels)
+        quantized = adapter.meta.get("quantized_base")
+        if quantized:
+            layers = _dequantize_into(model, Path(base.path), task, labels, quantized)
+            ctx.log(f"{adapter.step!r} is a QLoRA adapter: merging into the de-quantized base ({layers} linear "
+                    f"layers of {base.step!r} taken through 4-bit {quantized['quant_type']} and back to float32, "
+                    "the weights the adapter was trained against)")
         with quiet_transformers():
             try:
                 peft_model = PeftModel.from_pretrained(model, str(adapter.path))
@@ -241,7 +368,9 @@ class MergeAdapter(Pass[MergeAdapterConfig]):
         tokenizer.save_pretrained(str(ctx.out_dir))
         total = sum(p.numel() for p in merged.parameters())
         architecture = type(merged).__name__
+        how = " (de-quantized QLoRA base)" if quantized else ""
         return {
+            "merged_into": "dequantized_4bit_base" if quantized else "base",
             "task": task,
             "labels": labels,
             "model_type": merged.config.model_type,
@@ -250,9 +379,9 @@ class MergeAdapter(Pass[MergeAdapterConfig]):
             "dtype": dtype or "float32",
             "merge_max_abs_diff": diff,
             "metrics": {"merge_max_abs_diff": diff},
-            "summary": f"merged {adapter.step} into {base.step}: {architecture}, {human_count(total)} parameters, "
+            "summary": f"merged {adapter.step} into {base.step}{how}: {architecture}, {human_count(total)} parameters, "
                        f"logits match (max diff {diff:.1e})",
         }
 
 
-__all__ = ["Finetune", "Lora", "MergeAdapter"]
+__all__ = ["Finetune", "Lora", "MergeAdapter", "Qlora", "bnb_config"]

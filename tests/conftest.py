@@ -92,6 +92,36 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     return folder
 
 
+def build_tiny_llama(folder: Path, tokenizer_dir: Path, hidden: int = 32) -> Path:
+    """A tiny random LlamaForCausalLM that uses the tiny BERT tokenizer as its vocabulary."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    # Left padding, as many chat models ship: training must still pad on the right.
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir, padding_side="left")
+    tok.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128, bos_token_id=tok.cls_token_id,
+        eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, tiny_bert_dir) -> Path:
+    """A tiny random Llama (hidden 32, 2 layers) with the tiny BERT tokenizer."""
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny_llama"), tiny_bert_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama64_dir(tmp_path_factory, tiny_bert_dir) -> Path:
+    """The same with hidden size 64: bitsandbytes' 4-bit CPU kernels need rows of at least one 64-value block."""
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny_llama64"), tiny_bert_dir, hidden=64)
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_classifier_dir(tmp_path_factory) -> Path:
     """A tiny BertForSequenceClassification with label names spam/ham and its tokenizer."""

@@ -4,7 +4,7 @@ from .data import LoadDataConfig
 from .evaluate import EvaluateConfig
 from .model import ModelConfig
 from .onnx import ExportOnnxConfig, QuantizeConfig
-from .train import FinetuneConfig, LoraConfig, MergeAdapterConfig, TrainingSettings
+from .train import FinetuneConfig, LoraConfig, MergeAdapterConfig, QloraConfig, TrainingSettings
 
 __all__ = [
     "EvaluateConfig",
@@ -14,6 +14,7 @@ __all__ = [
     "LoraConfig",
     "MergeAdapterConfig",
     "ModelConfig",
+    "QloraConfig",
     "QuantizeConfig",
     "TrainingSettings",
 ]

@@ -32,6 +32,14 @@ class LoadDataConfig(StepConfig):
     template: str | None = Field(
         None, description="A prompt template with `{column}` placeholders, instead of `prompt`."
     )
+    chat_template: bool = Field(
+        False,
+        description="Format instruction data with the model's own chat template (user turn = the prompt, "
+        "assistant turn = the response) when it is tokenized for training and evaluation.",
+    )
+    system_prompt: str | None = Field(
+        None, description="A system message put before every prompt (with `chat_template: true`)."
+    )
     drop_empty: bool = Field(True, description="Drop rows whose mapped text columns are empty.")
     drop_duplicates: bool = Field(True, description="Drop exact duplicate rows (after column mapping).")
     max_chars: int | None = Field(None, ge=1, description="Drop rows whose text is longer than this.")
@@ -73,6 +81,10 @@ class LoadDataConfig(StepConfig):
             raise ValueError("`label_names` needs a `label` column")
         if self.prompt is not None and self.template is not None:
             raise ValueError("give `prompt` or `template`, not both")
+        if (self.chat_template or self.system_prompt is not None) and self.prompt is None and self.template is None:
+            raise ValueError("`chat_template` and `system_prompt` format instruction data: set `prompt` or `template`")
+        if self.system_prompt is not None and not self.chat_template:
+            raise ValueError("`system_prompt` goes into the chat template: set `chat_template: true` as well")
         if self.stratify and self.label is None:
             raise ValueError("`stratify` needs a `label` column")
         if self.balance is not None and self.label is None:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..base import Dataset, HfModel, OnnxModel, Ref, StepConfig
 from ..registry import register_step
 
-Metric = Literal["accuracy", "f1", "precision", "recall", "confusion_matrix", "latency", "size"]
+#: Classifiers: quality on labels, latency at a batch size and sequence length, size on disk.
+CLASSIFIER_METRICS = ("accuracy", "f1", "precision", "recall", "confusion_matrix", "latency")
+#: Causal LMs: perplexity on the responses, sample answers, decode speed.
+LM_METRICS = ("perplexity", "generate", "tokens_per_second", "time_to_first_token")
+Metric = Literal["accuracy", "f1", "precision", "recall", "confusion_matrix", "latency", "size",
+                 "perplexity", "generate", "tokens_per_second", "time_to_first_token"]
 
 
 @register_step
@@ -32,7 +37,24 @@ class EvaluateConfig(StepConfig):
     warmup: int = Field(10, ge=0, le=10000, description="Untimed runs before timing each model.")
     repeats: int = Field(200, ge=5, le=1000000, description="Timed runs per model (spread over shuffled blocks).")
     blocks: int = Field(10, ge=1, le=1000, description="Timing blocks; models are interleaved in shuffled block order.")
+    max_new_tokens: int = Field(64, ge=1, le=4096, description="Causal LMs: tokens each timed or sample generation decodes.")
+    generate_samples: int = Field(3, ge=1, le=100, description="Causal LMs: how many sample answers the report shows.")
+    prompts: list[str] | None = Field(
+        None, min_length=1, description="Causal LMs: prompts for the sample answers; default: the split's first prompts."
+    )
+    generation_runs: int = Field(
+        5, ge=1, le=1000, description="Causal LMs: timed generations per model for tokens/s (after `warmup` ones)."
+    )
     threads: int | None = Field(None, ge=1, le=256, description="Threads for PyTorch and ONNX Runtime; default: the target's, else all cores.")
 
     output_kind: ClassVar[str] = "metrics"
+
+    @model_validator(mode="after")
+    def _check_metrics(self) -> "EvaluateConfig":
+        lm = [m for m in self.metrics if m in LM_METRICS]
+        clf = [m for m in self.metrics if m in CLASSIFIER_METRICS]
+        if lm and clf:
+            raise ValueError(f"{', '.join(clf)} measure classifiers and {', '.join(lm)} causal LMs: "
+                             "one evaluate step measures one kind of model")
+        return self
     uses_target: ClassVar[bool] = True

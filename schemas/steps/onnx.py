@@ -6,23 +6,75 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from ..base import Dataset, HfModel, OnnxModel, Ref, StepConfig
+from ..base import Adapter, Dataset, HfModel, OnnxModel, Ref, StepConfig
 from ..registry import register_step
+
+
+#: onnxruntime-genai model builder execution providers, and the target device each is the default for.
+GENAI_PROVIDERS = ("cpu", "cuda", "dml", "webgpu", "NvTensorRtRtx")
+GENAI_PROVIDER_FOR_DEVICE = {"cpu": "cpu", "gpu": "cuda", "npu": "cpu"}
 
 
 @register_step
 class ExportOnnxConfig(StepConfig):
-    """Export a Hugging Face encoder/classifier to ONNX and check it against PyTorch."""
+    """Export a Hugging Face model to ONNX: encoders with torch.onnx (checked against PyTorch), causal
+    LMs with the onnxruntime-genai model builder (a deployable genai folder) or optimum."""
 
     type: Literal["export_onnx"] = Field(description="Export a model to ONNX.")
     model: Ref[HfModel] = Field(description="The model step to export.")
-    opset: int = Field(17, ge=14, le=23, description="The ONNX opset.")
+    exporter: Literal["auto", "torch", "optimum", "genai"] = Field(
+        "auto",
+        description="auto: `genai` for causal LMs, `torch` for encoders. torch: torch.onnx (encoders). "
+        "optimum: optimum's main_export (causal LMs: text-generation-with-past, for plain onnxruntime). "
+        "genai: the onnxruntime-genai model builder (causal LMs: a folder `onnxruntime_genai.Model` loads).",
+    )
+    opset: int = Field(17, ge=14, le=23, description="The ONNX opset (torch and optimum exporters).")
     atol: float = Field(
         1e-4, gt=0, le=1, description="The largest absolute difference from PyTorch's outputs allowed on sample inputs."
     )
     check_samples: int = Field(4, ge=1, le=256, description="How many sample inputs the check runs.")
+    precision: Literal["fp32", "fp16", "int8", "int4"] | None = Field(
+        None,
+        description="genai: the builder's precision; default int4 for CPU and NPU targets, fp16 for GPU targets. "
+        "The other exporters write fp32 (quantize afterwards).",
+    )
+    execution_provider: str | None = Field(
+        None,
+        description=f"genai: the execution provider the model is built for ({', '.join(GENAI_PROVIDERS)}); "
+        "default from the workflow target's device (cpu -> cpu, gpu -> cuda).",
+    )
+    genai_options: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="genai: extra model-builder options (e.g. int4_block_size, int4_accuracy_level); they override "
+        "the defaults this pass picks for the precision.",
+    )
+    adapters: list[Ref[Adapter]] = Field(
+        default_factory=list,
+        description="genai: LoRA adapter steps trained on `model`; the base is exported once with LoRA inputs and each "
+        "adapter becomes `<step>.onnx_adapter`, switched at run time with onnxruntime-genai's Adapters API.",
+    )
 
     output_kind: ClassVar[str] = "onnx_model"
+
+    @property
+    def uses_target(self) -> bool:  # type: ignore[override]
+        """A genai export is built for the target's execution provider unless the step names one."""
+        return self.exporter in ("auto", "genai") and (self.execution_provider is None or self.precision is None)
+
+    @model_validator(mode="after")
+    def _check(self) -> "ExportOnnxConfig":
+        if self.exporter in ("torch", "optimum"):
+            for name in ("precision", "execution_provider"):
+                if getattr(self, name) not in (None, "fp32"):
+                    raise ValueError(f"`{name}` applies to `exporter: genai`; with {self.exporter}, add a quantize step")
+            if self.genai_options or self.adapters:
+                raise ValueError(f"`genai_options` and `adapters` apply to `exporter: genai`, not {self.exporter}")
+        if self.execution_provider is not None and self.execution_provider not in GENAI_PROVIDERS:
+            raise ValueError(f"unknown execution_provider {self.execution_provider!r}; "
+                             f"the genai builder knows {', '.join(GENAI_PROVIDERS)}")
+        if len(set(self.adapters)) != len(self.adapters):
+            raise ValueError("`adapters` names a step twice")
+        return self
 
 
 @register_step

@@ -39,6 +39,12 @@ class TrainingSettings(StrictModel):
         "loss", description="The validation metric that picks the best checkpoint (loss for causal LMs)."
     )
     logging_steps: int = Field(10, ge=1, description="Log the loss every N steps (does not change the result).")
+    train_on_prompt: bool = Field(
+        False, description="causal-lm: learn the prompt tokens too (default: the loss is on the response only)."
+    )
+    packing: bool = Field(
+        False, description="causal-lm: pack whole train examples into rows of up to `max_length` tokens."
+    )
 
     @model_validator(mode="after")
     def _check_training(self) -> "TrainingSettings":
@@ -71,6 +77,21 @@ class LoraConfig(TrainingSettings, StepConfig):
 
     output_kind: ClassVar[str] = "adapter"
     key_exclude: ClassVar[frozenset[str]] = _TRAIN_KEY_EXCLUDE
+
+
+@register_step
+class QloraConfig(LoraConfig):
+    """QLoRA: the base loaded in 4-bit (bitsandbytes NF4/FP4), `prepare_model_for_kbit_training`, LoRA on top."""
+
+    type: Literal["qlora"] = Field(description="LoRA on a 4-bit quantized base (bitsandbytes).")  # type: ignore[assignment]
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="The 4-bit data type of the base's weights.")
+    double_quant: bool = Field(True, description="Quantize the quantization constants too (saves ~0.4 bit per weight).")
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="The dtype the 4-bit layers compute in (float16 needs a GPU)."
+    )
+    gradient_checkpointing: bool = Field(
+        True, description="Recompute activations in the backward pass (less memory, ~30% more time)."
+    )
 
 
 @register_step

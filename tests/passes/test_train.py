@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from passes._train_layers import find_blocks, freeze_all_but_last
+from passes._chat import check_chat_template
 from passes._train_data import IGNORE_INDEX, prepare_data
 from passes.base import PassError, SimpleContext
-from passes.train import Finetune, Lora, MergeAdapter
-from schemas.steps import FinetuneConfig, LoraConfig, MergeAdapterConfig
+from passes.train import Finetune, Lora, MergeAdapter, Qlora
+from schemas.steps import FinetuneConfig, LoraConfig, MergeAdapterConfig, QloraConfig
 from tests.conftest import make_artifact
 
 LABELS = ["ham", "spam"]
@@ -189,26 +190,6 @@ def test_merge_onto_another_base_is_refused(ctx_for, tiny_bert_dir, tiny_dataset
 # --- causal LM --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_llama_dir(tmp_path_factory, tiny_bert_dir):
-    """A tiny random LlamaForCausalLM that uses the tiny BERT tokenizer as its vocabulary."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("tiny_llama")
-    # Left padding, as many chat models ship: training must still pad on the right.
-    tok = AutoTokenizer.from_pretrained(tiny_bert_dir, padding_side="left")
-    tok.save_pretrained(folder)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=128, bos_token_id=tok.cls_token_id,
-        eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture
 def instruction_data(tmp_path):
     from datasets import Dataset, DatasetDict
@@ -226,24 +207,82 @@ def llama(folder):
                                               "architecture": "LlamaForCausalLM"}, "llm")
 
 
+def _prepare(instruction_data, tok, max_length, **kw):
+    from passes._hf_utils import load_dataset_dict
+
+    ctx = SimpleContext("s", Path("."))
+    train, validation, report = prepare_data(load_dataset_dict(instruction_data), tok, "causal-lm", max_length, ctx, **kw)
+    return train, validation, report, ctx
+
+
 def test_instruction_labels_mask_the_prompt(tiny_llama_dir, instruction_data):
     from passes._hf_utils import load_dataset_dict, load_tokenizer
 
     tok = load_tokenizer(tiny_llama_dir, causal=True)
-    train, validation = prepare_data(load_dataset_dict(instruction_data), tok, "causal-lm", 64, SimpleContext("s", Path(".")))
-    for row, example in zip(load_dataset_dict(instruction_data)["train"], train):
+    train, validation, report, _ = _prepare(instruction_data, tok, 64)
+    rows = load_dataset_dict(instruction_data)["train"]
+    for row, example in zip(rows, train):
         prompt = tok(row["prompt"])["input_ids"]
         response = tok(row["response"], add_special_tokens=False)["input_ids"] + [tok.sep_token_id]
         assert example["input_ids"] == prompt + response
         assert example["labels"] == [IGNORE_INDEX] * len(prompt) + response
-    # truncation keeps the alignment; prompts that fill max_length leave no example to learn from
-    shortest = min(len(tok(p)["input_ids"]) for p in load_dataset_dict(instruction_data)["train"]["prompt"])
-    short, _ = prepare_data(load_dataset_dict(instruction_data), tok, "causal-lm", shortest + 1, SimpleContext("s", Path(".")))
-    assert 0 < len(short) < 40
-    assert all(len(e["labels"]) == shortest + 1 and e["labels"][-1] == e["input_ids"][-1] for e in short)
-    with pytest.raises(PassError, match="no usable examples"):
-        prepare_data(load_dataset_dict(instruction_data), tok, "causal-lm", shortest, SimpleContext("s", Path(".")))
+    assert report["train"] == {"examples": 40, "prompt_truncated": 0, "response_truncated": 0,
+                               "longest_tokens": max(len(e["input_ids"]) for e in train)}
     assert validation is not None and len(validation) == 8
+    # train_on_prompt: the labels are the inputs
+    everything, *_ = _prepare(instruction_data, tok, 64, train_on_prompt=True)
+    assert all(e["labels"] == e["input_ids"] for e in everything)
+
+
+def test_truncation_cuts_the_prompt_first_and_reports_it(tiny_llama_dir, instruction_data):
+    from passes._hf_utils import load_tokenizer
+
+    tok = load_tokenizer(tiny_llama_dir, causal=True)
+    full, *_ = _prepare(instruction_data, tok, 64)
+    limit = min(len(e["input_ids"]) for e in full)  # the shortest fit, the longer ones are cut
+    assert any(len(e["input_ids"]) > limit for e in full)
+    train, _, report, ctx = _prepare(instruction_data, tok, limit)
+    assert report["train"]["prompt_truncated"] > 0 and report["train"]["response_truncated"] == 0
+    assert any("lost the start of their prompt" in line for line in ctx.lines)
+    for cut, whole in zip(train, full):
+        assert len(cut["input_ids"]) <= limit
+        response = [t for t in whole["labels"] if t != IGNORE_INDEX]
+        assert cut["input_ids"][-len(response):] == response == [t for t in cut["labels"] if t != IGNORE_INDEX]
+    with pytest.raises(PassError, match=r"every train example is longer than max_length=2 tokens \(the longest is \d+\)"):
+        _prepare(instruction_data, tok, 2)
+
+
+def test_chat_template_formats_pairs_and_the_response_ends_the_turn(tiny_llama_dir, instruction_data, tmp_path):
+    from passes._chat import prompt_text, split_pair
+    from passes._hf_utils import load_tokenizer
+
+    tok = load_tokenizer(tiny_llama_dir, causal=True)
+    chat = {"chat_template": True, "system_prompt": "be brief"}
+    with pytest.raises(PassError, match="has none: set `chat_template: false`"):
+        check_chat_template(tok, chat, "the base 'llm'")
+    tok.chat_template = ("{% for m in messages %}{{ m.role }} : {{ m.content }} [SEP] {% endfor %}"
+                         "{% if add_generation_prompt %}assistant : {% endif %}")
+    assert prompt_text(tok, "hello", chat) == "system : be brief [SEP] user : hello [SEP] assistant : "
+    p, r = split_pair(tok, "hello", "ham", chat)
+    ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]
+    assert p == ids("system : be brief [SEP] user : hello [SEP] assistant : ")
+    assert r == ids("ham [SEP] ") and r.count(tok.sep_token_id) == 1 and r[-1] == tok.sep_token_id
+    train, *_ = _prepare(instruction_data, tok, 64, chat=chat)
+    first = train[0]
+    assert [t for t in first["labels"] if t != IGNORE_INDEX] in (ids("ham [SEP] "), ids("spam [SEP] "))
+
+
+def test_packing_keeps_every_example_and_its_labels(tiny_llama_dir, instruction_data):
+    from passes._hf_utils import load_tokenizer
+
+    tok = load_tokenizer(tiny_llama_dir, causal=True)
+    plain, _, _, _ = _prepare(instruction_data, tok, 64)
+    packed, _, report, ctx = _prepare(instruction_data, tok, 64, packing=True)
+    assert len(packed) == report["train"]["packed_rows"] < len(plain)
+    assert all(len(e["input_ids"]) <= 64 for e in packed)
+    assert sum(len(e["input_ids"]) for e in packed) == sum(len(e["input_ids"]) for e in plain)
+    learned = lambda ds: sorted(t for e in ds for t in e["labels"] if t != IGNORE_INDEX)
+    assert learned(packed) == learned(plain)
 
 
 def test_lora_causal_lm_trains_and_merges(ctx_for, tiny_llama_dir, instruction_data):
@@ -260,6 +299,32 @@ def test_lora_causal_lm_trains_and_merges(ctx_for, tiny_llama_dir, instruction_d
     merged = merge(ctx, tune, meta, llama(tiny_llama_dir))
     assert merged["architecture"] == "LlamaForCausalLM" and merged["merge_max_abs_diff"] < 1e-4
     assert (ctx.out_dir / "model.safetensors").is_file()
+
+
+def test_qlora_trains_on_a_4bit_base_and_merges_into_the_dequantized_base(ctx_for, tiny_llama64_dir, instruction_data):
+    tiny_llama_dir = tiny_llama64_dir
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tune = ctx_for("tune")
+    cfg = QloraConfig(type="qlora", model="llm", data="instr", epochs=2, **{**FAST, "batch_size": 8})
+    meta = Qlora(cfg).run({"model": llama(tiny_llama_dir), "data": instruction_data}, tune)
+    assert meta["quantized_base"] == {"bits": 4, "quant_type": "nf4", "double_quant": True, "compute_dtype": "float32"}
+    assert meta["memory"]["base_4bit_mb"] < meta["memory"]["base_fp32_mb"]
+    assert meta["summary"].startswith("QLoRA nf4 r=8, causal-lm") and "in 4-bit vs" in meta["summary"]
+    assert any("base in 4-bit nf4" in line for line in tune.lines)
+    losses = [h["loss"] for h in json.loads((tune.out_dir / "training_log.json").read_text()) if "loss" in h]
+    assert losses[-1] < losses[0]
+
+    ctx = ctx_for("merged")
+    merged = merge(ctx, tune, meta, llama(tiny_llama_dir))
+    assert merged["merged_into"] == "dequantized_4bit_base" and merged["merge_max_abs_diff"] < 1e-4
+    assert any("merging into the de-quantized base (14 linear layers" in line for line in ctx.lines)
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    out = AutoModelForCausalLM.from_pretrained(ctx.out_dir)
+    # every linear weight moved: by the 4-bit round trip everywhere, plus the adapter's delta
+    w0, w1 = base.model.layers[0].mlp.up_proj.weight, out.model.layers[0].mlp.up_proj.weight
+    assert w1.dtype == torch.float32 and not torch.equal(w0, w1)
 
 
 # --- finetune ---------------------------------------------------------------------------------------------
