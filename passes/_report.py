@@ -95,6 +95,19 @@ def _html_table(rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;margin:2em;max-width:60em}"
+    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}"
+    "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+)
+
+
+def _page(step: str, body: list[str]) -> str:
+    """A self-contained HTML page (the PNGs next to it are linked by relative path)."""
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Evaluation: {html.escape(step)}</title>"
+            f"<style>{_STYLE}</style></head><body>{''.join(body)}</body></html>\n")
+
+
 def _confusion_rows(matrix: list[list[int]], labels: list[str]) -> list[list[str]]:
     return [["true \\ predicted", *labels]] + [[labels[i], *map(str, row)] for i, row in enumerate(matrix)]
 
@@ -186,11 +199,101 @@ def write_report(out_dir: Path, payload: dict[str, Any], step: str) -> list[str]
             md += [f"![{title}]({image})", ""]
             body.append(f'<img src="{html.escape(image)}" alt="{html.escape(title)}">')
     (out_dir / "report.md").write_text("\n".join(md))
-    style = (
-        "body{font-family:system-ui,sans-serif;margin:2em;max-width:60em}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}"
-        "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
-    )
-    page = f"<!doctype html><html><head><meta charset='utf-8'><title>Evaluation: {html.escape(step)}</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n"
-    (out_dir / "report.html").write_text(page)
+    (out_dir / "report.html").write_text(_page(step, body))
     return ["report.md", "report.html", *charts.values()]
+
+
+# --- causal LMs ---------------------------------------------------------------------------------------
+
+LM_SCATTER_PNG = "perplexity_vs_tokens_per_second.png"
+
+
+def lm_model_line(name: str, m: dict[str, Any]) -> str:
+    """`int4: ppl 7.9 (1.04x), 150 tok/s (8.1x), 110 MB` (the parts that were measured)."""
+    parts = []
+    if "perplexity" in m:
+        parts.append(f"ppl {m['perplexity']:.2f} ({m.get('perplexity_ratio', 1.0):.2f}x)")
+    if "tokens_per_second" in m:
+        parts.append(f"{m['tokens_per_second']:.1f} tok/s ({m.get('tokens_per_second_ratio', 1.0):.1f}x)")
+    if "time_to_first_token_ms" in m:
+        parts.append(f"TTFT {m['time_to_first_token_ms']:.0f} ms")
+    if "size_mb" in m:
+        parts.append(f"{m['size_mb']:.0f} MB")
+    return f"{name}: " + ", ".join(parts)
+
+
+def lm_summary_line(results: dict[str, dict[str, Any]], baseline: str) -> str:
+    """Every model, the baseline first (perplexity before and after tuning is the point of the step)."""
+    return "; ".join(lm_model_line(n, m) for n, m in results.items())
+
+
+def _lm_table(results: dict[str, dict[str, Any]], baseline: str) -> list[list[str]]:
+    rows = [["model", "runtime", "perplexity", "vs baseline", "tokens/s", "vs baseline", "TTFT ms", "size MB"]]
+    for name, m in results.items():
+        rows.append([
+            f"{name} (baseline)" if name == baseline else name, m.get("runtime", ""),
+            _fmt(m.get("perplexity"), ".3f"), _fmt(m.get("perplexity_ratio"), ".3f", "x"),
+            _fmt(m.get("tokens_per_second"), ".1f"), _fmt(m.get("tokens_per_second_ratio"), ".2f", "x"),
+            _fmt(m.get("time_to_first_token_ms"), ".0f"), _fmt(m.get("size_mb"), ".1f"),
+        ])
+    return rows
+
+
+def _lm_chart(out_dir: Path, results: dict[str, dict[str, Any]], baseline: str) -> str | None:
+    points = [(n, m["tokens_per_second"], m["perplexity"]) for n, m in results.items()
+              if "tokens_per_second" in m and "perplexity" in m]
+    if not points:
+        return None
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4.2), dpi=110)
+    ax = fig.add_subplot()
+    for name, x, y in points:
+        ax.scatter([x], [y], s=60, marker="*" if name == baseline else "o", zorder=3)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 6))
+    ax.set_xlabel("decode tokens/s (higher is better)")
+    ax.set_ylabel("perplexity (lower is better)")
+    ax.set_title("Perplexity vs decode speed")
+    ax.grid(True, alpha=0.3)
+    ax.margins(0.2)
+    fig.tight_layout()
+    fig.savefig(out_dir / LM_SCATTER_PNG)
+    return LM_SCATTER_PNG
+
+
+def write_lm_report(out_dir: Path, payload: dict[str, Any], step: str) -> list[str]:
+    """`report.md` and `report.html` for causal LMs: the table, the chart, the sample answers."""
+    out_dir = Path(out_dir)
+    results, baseline, cfg = payload["models"], payload["baseline"], payload["config"]
+    env = payload["environment"]
+    chart = _lm_chart(out_dir, results, baseline)
+    first = next(iter(results.values()))
+    setup = (
+        f"Split `{cfg['split']}`, baseline `{baseline}`. Perplexity: exp(mean negative log-likelihood) of the "
+        f"{first.get('perplexity_tokens', '?')} response tokens of {first.get('samples', '?')} pairs, the prompt as "
+        f"context (chat template: {'yes' if payload['chat'].get('chat_template') else 'no'}). Decode speed: greedy, "
+        f"{cfg['max_new_tokens']} new tokens after one prompt, {env['threads']} thread(s), median of "
+        f"{cfg['generation_runs']} runs per model interleaved in shuffled order; tokens/s counts the tokens after the "
+        f"first, TTFT is prefill plus the first token. CPU: {env['cpu']}."
+    )
+    summary = lm_summary_line(results, baseline)
+    md = [f"# Evaluation: {step}", "", summary, "", setup, "", "## Models", "", _md(_lm_table(results, baseline)), ""]
+    body = [f"<h1>Evaluation: {html.escape(step)}</h1>", f"<p><b>{html.escape(summary)}</b></p>",
+            f"<p>{html.escape(setup)}</p>", "<h2>Models</h2>", _html_table(_lm_table(results, baseline))]
+    if chart:
+        md += ["## Perplexity vs decode speed", "", f"![perplexity vs tokens/s]({chart})", ""]
+        body.append(f'<h2>Perplexity vs decode speed</h2><img src="{chart}" alt="perplexity vs tokens/s">')
+    if payload.get("samples"):
+        md += ["## Sample answers", ""]
+        body.append("<h2>Sample answers</h2>")
+        for sample in payload["samples"]:
+            md += [f"**Prompt:** {sample['prompt']}", ""]
+            body.append(f"<p><b>Prompt:</b> {html.escape(sample['prompt'])}</p><ul>")
+            for name, text in sample["answers"].items():
+                md.append(f"- `{name}`: {text}")
+                body.append(f"<li><code>{html.escape(name)}</code>: {html.escape(text)}</li>")
+            md.append("")
+            body.append("</ul>")
+    (out_dir / "report.md").write_text("\n".join(md))
+    (out_dir / "report.html").write_text(_page(step, body))
+    return ["report.md", "report.html"] + ([chart] if chart else [])

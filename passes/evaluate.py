@@ -1,5 +1,8 @@
 """The `evaluate` pass: quality, latency and size of several classifiers side by side.
 
+Causal LMs (the metrics perplexity, generate, tokens_per_second, time_to_first_token) are measured
+by `_evaluate_lm`.
+
 Hugging Face models run in PyTorch (eager, fp32, `inference_mode`), ONNX models in ONNX Runtime on the
 workflow target's providers. Quality comes from sklearn.metrics on a dataset split; latency from one
 process in which every model is timed on identical inputs, interleaved in shuffled blocks (see
@@ -18,6 +21,7 @@ from typing import Any
 
 from schemas import Target
 from schemas.steps import EvaluateConfig
+from schemas.steps.evaluate import LM_METRICS
 
 from . import _latency, _onnx_utils, _report
 from .base import Artifact, Pass, PassError
@@ -223,7 +227,8 @@ class Evaluate(Pass[EvaluateConfig]):
 
     config_class = EvaluateConfig
     version = 1
-    packages = ("torch", "transformers", "tokenizers", "onnxruntime", "onnx", "scikit-learn", "datasets", "numpy", "matplotlib")
+    packages = ("torch", "transformers", "tokenizers", "onnxruntime", "onnx", "scikit-learn", "datasets", "numpy",
+                "matplotlib", "onnxruntime-genai", "optimum-onnx")
 
     def run(self, inputs: dict[str, Any], ctx: Any) -> dict[str, Any]:
         """Load every model, predict the split, time all models together, measure sizes, write the report."""
@@ -235,6 +240,8 @@ class Evaluate(Pass[EvaluateConfig]):
         names = [m.step for m in models]
         if len(set(names)) != len(names):
             raise PassError(f"`models` lists a step twice ({names}); list each model once")
+        if any(m in LM_METRICS for m in cfg.metrics):
+            return self._run_lms(models, data, ctx)
         rows, data_labels = self._load_split(data)
         texts = [(r["text"], r["text_pair"]) if "text_pair" in r else r["text"] for r in rows]
         y_true = [int(r["label"]) for r in rows]
@@ -273,6 +280,21 @@ class Evaluate(Pass[EvaluateConfig]):
         summary = _report.summary_line(results, baseline)
         ctx.log(summary)
         return {"metrics": results, "baseline": baseline, "summary": summary}
+
+    def _run_lms(self, models: list[Artifact], data: Artifact, ctx: Any) -> dict[str, Any]:
+        """Causal LMs: perplexity, sample answers, decode speed, size (see `_evaluate_lm`)."""
+        import torch
+
+        from ._evaluate_lm import evaluate_lms
+
+        threads = self.config.threads or ctx.target.threads or os.cpu_count() or 1
+        previous_threads = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return evaluate_lms(self.config, models, data, ctx, threads, model_size_bytes,
+                                self._environment(threads, ctx.target))
+        finally:
+            torch.set_num_threads(previous_threads)
 
     def _load_split(self, data: Artifact) -> tuple[list[dict[str, Any]], list[str]]:
         from datasets import load_from_disk

@@ -1,5 +1,7 @@
 """`export_onnx`: a Hugging Face encoder or classifier to ONNX, checked against PyTorch.
 
+Causal LMs go to `_export_lm` (the onnxruntime-genai model builder by default, or optimum).
+
 The export is `torch.onnx.export` with the TorchScript exporter (opsets up to 20; the dynamo exporter
 takes higher opsets) and eager attention, batch and sequence axes dynamic. Measured on MiniLM-L6
 (batch 1, sequence 64): the TorchScript export takes ~2 s against ~7 s for dynamo, and its graph,
@@ -83,16 +85,24 @@ class ExportOnnx(Pass[ExportOnnxConfig]):
 
     config_class = ExportOnnxConfig
     version = 1
-    packages = ("torch", "transformers", "tokenizers", "onnx", "onnxruntime")
+    packages = ("torch", "transformers", "tokenizers", "onnx", "onnxruntime", "onnxruntime-genai", "optimum-onnx")
 
     def run(self, inputs: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
         source: Artifact = inputs["model"]
         task = source.meta.get("task")
+        exporter = self.config.exporter
         if task == "causal-lm":
-            raise PassError(
-                f"step {source.step!r} is a causal LM: causal LMs are not supported by this exporter yet; "
-                "export_onnx takes text-classification and feature-extraction models"
-            )
+            from . import _export_lm
+
+            if exporter == "torch":
+                raise PassError(f"step {source.step!r} is a causal LM: export it with `exporter: genai` (the "
+                                "onnxruntime-genai builder, the default) or `exporter: optimum`; torch exports encoders")
+            if exporter == "optimum":
+                return _export_lm.export_optimum(source, self.config, ctx)
+            return _export_lm.export_genai(source, list(inputs.get("adapters") or []), self.config, ctx)
+        if exporter in ("genai", "optimum") or self.config.adapters:
+            raise PassError(f"step {source.step!r} is a {task} model: `exporter: {exporter}` and `adapters` are for "
+                            "causal LMs; encoders export with `exporter: torch` (the default)")
         if task not in TASK_OUTPUTS:
             raise PassError(
                 f"export_onnx exports text-classification and feature-extraction models, not {task!r} "

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from ..base import Adapter, Dataset, HfModel, OnnxModel, Ref, StepConfig
 from ..registry import register_step
+from ..target import Target
 
 
 #: onnxruntime-genai model builder execution providers, and the target device each is the default for.
@@ -48,6 +50,11 @@ class ExportOnnxConfig(StepConfig):
         description="genai: extra model-builder options (e.g. int4_block_size, int4_accuracy_level); they override "
         "the defaults this pass picks for the precision.",
     )
+    builder_defaults: bool = Field(
+        False,
+        description="genai: run the model builder with its own defaults only (what Olive's ModelBuilder pass "
+        "writes), instead of the thread setting and int4 options this pass tunes; for comparisons.",
+    )
     adapters: list[Ref[Adapter]] = Field(
         default_factory=list,
         description="genai: LoRA adapter steps trained on `model`; the base is exported once with LoRA inputs and each "
@@ -67,8 +74,9 @@ class ExportOnnxConfig(StepConfig):
             for name in ("precision", "execution_provider"):
                 if getattr(self, name) not in (None, "fp32"):
                     raise ValueError(f"`{name}` applies to `exporter: genai`; with {self.exporter}, add a quantize step")
-            if self.genai_options or self.adapters:
-                raise ValueError(f"`genai_options` and `adapters` apply to `exporter: genai`, not {self.exporter}")
+            if self.genai_options or self.adapters or self.builder_defaults:
+                raise ValueError(f"`genai_options`, `builder_defaults` and `adapters` apply to `exporter: genai`, "
+                                 f"not {self.exporter}")
         if self.execution_provider is not None and self.execution_provider not in GENAI_PROVIDERS:
             raise ValueError(f"unknown execution_provider {self.execution_provider!r}; "
                              f"the genai builder knows {', '.join(GENAI_PROVIDERS)}")
@@ -83,12 +91,19 @@ class QuantizeConfig(StepConfig):
 
     type: Literal["quantize"] = Field(description="Quantize an ONNX model.")
     model: Ref[OnnxModel] = Field(description="The ONNX model step.")
-    method: Literal["dynamic_int8", "static_int8", "int4", "fp16"] = Field(
-        "dynamic_int8",
+    method: Literal["dynamic_int8", "static_int8", "int4", "fp16"] | None = Field(
+        None,
         description="dynamic_int8: int8 weights, activations quantized at run time; static_int8: QDQ, "
-        "calibrated on `data`; int4: weight-only MatMulNBits; fp16: float16 weights and activations.",
+        "calibrated on `data`; int4: weight-only MatMulNBits; fp16: float16 weights and activations. Default: what "
+        "the step's target runs best (cpu: dynamic_int8 for encoders, int4 for causal LMs; gpu: fp16 for encoders, "
+        "int4 for causal LMs; npu: static_int8 QDQ on every quantizable op, int4 for causal LMs).",
     )
-    data: Ref[Dataset] | None = Field(None, description="Calibration data (static_int8).")
+    activation_type: Literal["uint8", "uint16"] | None = Field(
+        None,
+        description="static_int8: the activations' type. Default: uint16 for QNN (its HTP runs 16-bit activations with "
+        "8-bit weights at near-fp32 accuracy), uint8 otherwise (the x86 and OpenVINO/VitisAI fast path).",
+    )
+    data: Ref[Dataset] | None = Field(None, description="Calibration data (static_int8, and npu targets' default).")
     split: Literal["train", "validation", "test"] = Field("train", description="The split calibration samples come from.")
     calibration: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="Calibration method (static_int8).")
     calibration_samples: int = Field(128, ge=1, le=100000, description="How many samples calibrate (static_int8).")
@@ -117,10 +132,115 @@ class QuantizeConfig(StepConfig):
 
     output_kind: ClassVar[str] = "onnx_model"
 
+    @property
+    def uses_target(self) -> bool:  # type: ignore[override]
+        """The target picks the method when none is set, and static QDQ's op set and activation type."""
+        return self.method in (None, "static_int8")
+
+    def target_issues(self, target: Target) -> list[tuple[tuple, str, str | None]]:
+        """An npu target makes the default method static QDQ, which is calibrated on `data`."""
+        if self.method is None and target.device == "npu" and self.data is None:
+            return [(("data",), "on an npu target quantize defaults to static QDQ, which is calibrated on data: "
+                     "set `data` to a load_data step",
+                     "or set `method` (int4 for a causal LM, which NPUs run through onnxruntime-genai builds)")]
+        return []
+
+    def plan(self, target: Target, causal_lm: bool) -> "QuantPlan":
+        """What this step does on `target` for an encoder or a causal LM: explicit fields win, then the target."""
+        if self.method is not None:
+            method, reason = self.method, "set in the step"
+        elif causal_lm:
+            method = "int4"
+            reason = (f"a causal LM on a {target.device} target: weight-only int4 (decoding is bound by reading the "
+                      "weights; the activations stay float)")
+        else:
+            method = {"cpu": "dynamic_int8", "gpu": "fp16", "npu": "static_int8"}[target.device]
+            reason = {
+                "dynamic_int8": "an encoder on a cpu target: dynamic int8 (int8 kernels, no calibration)",
+                "fp16": "an encoder on a gpu target: float16 (tensor cores; no calibration)",
+                "static_int8": "an encoder on an npu target: static QDQ on every quantizable op (NPUs run integer "
+                               "graphs only), calibrated on the workflow's data",
+            }[method]
+        if method != "static_int8":
+            return QuantPlan(method, None, None, reason)
+        provider = target.planned_provider()
+        if target.device != "npu":
+            profile = "cpu"
+        else:
+            profile = "qnn" if provider == "QNNExecutionProvider" else "npu"
+        activation = self.activation_type or ("uint16" if profile == "qnn" else "uint8")
+        if self.activation_type is None and profile == "qnn":
+            reason += "; uint16 activations with int8 weights, QNN's accurate HTP format"
+        return QuantPlan(method, activation, profile, reason)
+
     @model_validator(mode="after")
     def _check(self) -> "QuantizeConfig":
         if self.method == "static_int8" and self.data is None:
             raise ValueError("`static_int8` is calibrated on data: set `data` to a load_data step")
+        if self.activation_type is not None and self.method not in (None, "static_int8"):
+            raise ValueError(f"`activation_type` applies to static_int8, not {self.method}")
         if self.method == "int4" and self.block_size & (self.block_size - 1):
             raise ValueError(f"`block_size` must be a power of two (got {self.block_size})")
         return self
+
+
+@dataclass(frozen=True)
+class QuantPlan:
+    """What a quantize step does: the method, static QDQ's activation type and op profile, and why.
+
+    profile (static_int8): `cpu` quantizes MatMul/Gemm/Gather (the x86 fast path); `qnn` every op QNN
+    takes, with onnxruntime's QNN overrides (get_qnn_qdq_config); `npu` every op the QDQ quantizer knows.
+    """
+
+    method: str
+    activation_type: str | None
+    profile: str | None
+    reason: str
+
+    def as_dict(self) -> dict:
+        """JSON-able, for the step's meta and run.json."""
+        return asdict(self)
+
+
+@register_step
+class OptimizeOnnxConfig(StepConfig):
+    """Optimize an ONNX graph: onnxruntime's transformer fusions, offline graph optimization, fp16 for GPUs."""
+
+    type: Literal["optimize_onnx"] = Field(description="Optimize an ONNX model's graph.")
+    model: Ref[OnnxModel] = Field(description="The ONNX model step.")
+    model_type: str | None = Field(
+        None,
+        description="The transformer optimizer's model type (bert, gpt2, gpt_neox, phi, t5, bart, vit, swin, clip, ...); "
+        "default from config.json's model_type (BERT-family encoders -> bert); `none` skips the fusions.",
+    )
+    num_heads: int | None = Field(None, ge=1, description="Attention heads; default from config.json.")
+    hidden_size: int | None = Field(None, ge=1, description="Hidden size; default from config.json.")
+    level: Literal["none", "basic", "extended", "layout", "all"] = Field(
+        "basic",
+        description="onnxruntime's offline graph optimization after the fusions. basic (constant folding, redundant "
+        "nodes) keeps standard operators, so quantize can follow; extended/layout/all add provider-specific fused "
+        "kernels: only for a final model on the same provider.",
+    )
+    skip_layer_norm: bool | None = Field(
+        None,
+        description="Fuse SkipLayerNormalization. Default: not on cpu targets (slower than Add + LayerNormalization "
+        "in this onnxruntime on x86), yes elsewhere.",
+    )
+    fusion_options: dict[str, bool] = Field(
+        default_factory=dict,
+        description="Other FusionOptions switches by attribute name (e.g. enable_gelu: false, enable_bias_gelu: false).",
+    )
+    fp16: bool | None = Field(
+        None, description="Convert to float16 (inputs and outputs keep their types). Default: yes on gpu targets."
+    )
+    fp16_op_block_list: list[str] = Field(
+        default_factory=list,
+        description="Operator types kept in float32 besides onnxruntime's default list (those without fp16 kernels "
+        "or whose fp16 results overflow).",
+    )
+    atol: float = Field(
+        1e-3, gt=0, le=1, description="Largest absolute output difference from the input model allowed (float32 results)."
+    )
+
+    output_kind: ClassVar[str] = "onnx_model"
+    uses_target: ClassVar[bool] = True  # SkipLayerNorm, fp16 and provider-specific levels follow the target

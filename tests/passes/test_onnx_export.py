@@ -140,13 +140,14 @@ def test_tight_atol_fails(tiny_bert_classifier_dir, tmp_path, monkeypatch):
         export(tiny_bert_classifier_dir, tmp_path / "tight", atol=1e-9, check_samples=1)
 
 
-@pytest.mark.parametrize("task, message", [
-    ("causal-lm", "causal LMs are not supported by this exporter yet"),
-    ("token-classification", "not 'token-classification'"),
+@pytest.mark.parametrize("task, fields, message", [
+    ("causal-lm", {"exporter": "torch"}, "is a causal LM: export it with `exporter: genai`"),
+    ("text-classification", {"exporter": "genai"}, "`exporter: genai` and `adapters` are for causal LMs"),
+    ("token-classification", {}, "not 'token-classification'"),
 ])
-def test_unsupported_tasks_are_refused(tmp_path, task, message):
+def test_unsupported_tasks_are_refused(tmp_path, task, fields, message):
     with pytest.raises(PassError, match=message):
-        export(tmp_path, tmp_path / "out", task=task)
+        export(tmp_path, tmp_path / "out", task=task, **fields)
 
 
 def test_sample_sentences_have_different_lengths():

@@ -1,0 +1,93 @@
+#!/usr/bin/env python
+"""Chat with this model using onnxruntime-genai alone (no PyTorch, no transformers).
+
+Needs only `pip install onnxruntime-genai`. Loads the folder this script is in (`genai_config.json`,
+`model.onnx`, tokenizer files) and answers with greedy decoding, token by token as they come.
+
+    python inference.py "What is AI?"                # one answer
+    python inference.py                              # a chat: one question per line, empty line ends
+    python inference.py --adapter tune_a "Hello"     # with a LoRA adapter exported next to the model
+    python inference.py --system "Answer briefly." --max-new-tokens 64 "What is AI?"
+
+The prompt is formatted with the model's chat template (from its tokenizer files) when it has one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import onnxruntime_genai as og
+
+HERE = Path(__file__).resolve().parent
+
+
+def format_prompt(tokenizer: "og.Tokenizer", question: str, system: str | None, history: list[dict]) -> str:
+    """The chat template's rendering of the conversation so far plus `question`, or `question` itself."""
+    messages = ([{"role": "system", "content": system}] if system else []) + history
+    messages.append({"role": "user", "content": question})
+    try:
+        return tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
+    except Exception:  # no chat template in the tokenizer files: the raw question
+        return question
+
+
+def answer(model: "og.Model", tokenizer: "og.Tokenizer", prompt: str, max_new_tokens: int,
+           adapters: "og.Adapters | None", adapter: str | None, out=sys.stdout) -> str:
+    """Greedy decoding of at most `max_new_tokens` tokens after `prompt`; streams them to `out`."""
+    tokens = tokenizer.encode(prompt)
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=len(tokens) + max_new_tokens)
+    generator = og.Generator(model, params)
+    if adapter:
+        generator.set_active_adapter(adapters, adapter)
+    generator.append_tokens(tokens)
+    stream = tokenizer.create_stream()
+    pieces = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        piece = stream.decode(generator.get_next_tokens()[0])
+        pieces.append(piece)
+        out.write(piece)
+        out.flush()
+    out.write("\n")
+    return "".join(pieces).strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("question", nargs="*", help="a question; none: read questions from standard input")
+    parser.add_argument("--system", help="a system prompt")
+    parser.add_argument("--adapter", help="the name of an .onnx_adapter file next to the model (without extension)")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    args = parser.parse_args(argv)
+
+    model = og.Model(str(HERE))
+    tokenizer = og.Tokenizer(model)
+    adapters = None
+    if args.adapter:
+        path = HERE / f"{args.adapter}.onnx_adapter"
+        if not path.is_file():
+            found = sorted(p.stem for p in HERE.glob("*.onnx_adapter"))
+            parser.error(f"no adapter {args.adapter!r} here (adapters: {', '.join(found) or 'none'})")
+        adapters = og.Adapters(model)
+        adapters.load(str(path), args.adapter)
+    if args.question:
+        answer(model, tokenizer, format_prompt(tokenizer, " ".join(args.question), args.system, []),
+               args.max_new_tokens, adapters, args.adapter)
+        return 0
+    history: list[dict] = []
+    for line in sys.stdin:
+        question = line.strip()
+        if not question:
+            break
+        reply = answer(model, tokenizer, format_prompt(tokenizer, question, args.system, history),
+                       args.max_new_tokens, adapters, args.adapter)
+        history += [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
