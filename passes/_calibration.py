@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from schemas.steps import QuantizeConfig
+from schemas.steps import QuantizeConfig, QuantPlan
 
 from . import _onnx_utils as ou
 from .base import Artifact, PassError, Progress, StepContext
@@ -23,6 +23,8 @@ from .base import Artifact, PassError, Progress, StepContext
 #: whose float32-min mask values overflow the entropy/percentile histograms, cost accuracy and add
 #: Q/DQ pairs onnxruntime cannot fuse.
 DEFAULT_STATIC_OP_TYPES = ("MatMul", "Gemm", "Gather")
+#: Op types NPU profiles leave alone: casts (onnxruntime's QNN config excludes them too) and QDQ itself.
+NOT_QUANTIZED_OP_TYPES = frozenset({"Cast", "QuantizeLinear", "DequantizeLinear"})
 #: Rows per calibration batch when inputs are padded to one length (entropy, percentile).
 FIXED_LENGTH_BATCH = 8
 
@@ -113,15 +115,17 @@ def _max_length(tokenizer: Any) -> int:
     return int(n) if isinstance(n, int) and 0 < n < 1_000_000 else 512
 
 
-def static_int8(cfg: QuantizeConfig, src: Path, dst: Path, excluded: list[str], external: bool, data: Artifact,
-                ctx: StepContext) -> None:
-    """Calibrate on `data` and write a QDQ int8 model: uint8 activations, `weight_type` weights.
+def static_int8(cfg: QuantizeConfig, plan: QuantPlan, src: Path, dst: Path, excluded: list[str], external: bool,
+                data: Artifact, ctx: StepContext) -> None:
+    """Calibrate on `data` and write a QDQ model: `plan.activation_type` activations, `weight_type` weights.
 
     uint8 activations with int8 weights is the x86 fast path (VNNI); int8 activations ran 3.8x slower
-    on MiniLM here.
+    on MiniLM here. The `cpu` profile quantizes the weight-bearing ops only; NPU profiles quantize every
+    op the QDQ quantizer knows (an NPU runs integer graphs), `qnn` through onnxruntime's QNN config
+    (its per-op overrides, e.g. fixed output ranges of Sigmoid and Tanh, and 16-bit conversions).
     """
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize, quantize_static
     from transformers import AutoTokenizer
 
     texts = calibration_texts(data, cfg.split, cfg.calibration_samples)
@@ -130,14 +134,32 @@ def static_int8(cfg: QuantizeConfig, src: Path, dst: Path, excluded: list[str], 
     feeds = calibration_feeds(tokenizer, ou.graph_inputs(src), texts, fixed)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[cfg.calibration]
+    activation = QuantType.QUInt16 if plan.activation_type == "uint16" else QuantType.QUInt8
+    weight = QuantType.QInt8 if cfg.weight_type == "qint8" else QuantType.QUInt8
+    if cfg.op_types:
+        op_types = list(cfg.op_types)
+    elif plan.profile == "cpu":
+        op_types = list(DEFAULT_STATIC_OP_TYPES)
+    else:  # every op type of the graph, as onnxruntime's QNN config does: the quantizer wraps their float tensors
+        op_types = sorted(set(ou.op_counts(src)) - NOT_QUANTIZED_OP_TYPES)
     ctx.log(f"calibrating ({cfg.calibration}) on {len(texts)} texts of {data.step!r}/{cfg.split}"
             + (f", padded to {next(iter(feeds[0].values())).shape[1]} tokens" if fixed else ""))
+    extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
     with ctx.progress(len(texts), f"calibrating ({cfg.calibration})") as bar:
+        reader = FeedReader(feeds, bar)
+        if plan.profile == "qnn":
+            from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
+
+            config = get_qnn_qdq_config(src, reader, calibrate_method=method, activation_type=activation,
+                                        weight_type=weight, per_channel=cfg.per_channel, op_types_to_quantize=op_types,
+                                        nodes_to_exclude=excluded or None)
+            config.use_external_data_format = external
+            config.extra_options.update(extra)
+            quantize(src, dst, config)
+            return
         quantize_static(
-            src, dst, FeedReader(feeds, bar), quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(cfg.op_types or DEFAULT_STATIC_OP_TYPES),
-            per_channel=cfg.per_channel, activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8 if cfg.weight_type == "qint8" else QuantType.QUInt8,
+            src, dst, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=op_types,
+            per_channel=cfg.per_channel, activation_type=activation, weight_type=weight,
             nodes_to_exclude=excluded, use_external_data_format=external, calibrate_method=method,
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            extra_options=extra,
         )

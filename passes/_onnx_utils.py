@@ -39,25 +39,72 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-def make_session(model_path: Path, providers: list[str], threads: int | None = None) -> Any:
-    """An onnxruntime session on `providers` with `threads` intra-op threads (default: the cores).
+#: `level` names of `make_session`, as onnxruntime's GraphOptimizationLevel members.
+GRAPH_LEVELS = {"none": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+                "layout": "ORT_ENABLE_LAYOUT", "all": "ORT_ENABLE_ALL"}
 
-    All graph optimizations run except those slower than the unfused ops on the CPU provider.
+
+def make_session(model_path: Path, providers: list[str], threads: int | None = None, *,
+                 provider_options: list[dict[str, str]] | None = None, level: str = "all",
+                 optimized_model_path: Path | None = None, disabled_optimizers: list[str] | None = None) -> Any:
+    """An onnxruntime session on `providers` (in order) with `threads` intra-op threads (default: the cores).
+
+    Graph optimizations run at `level` except those slower than the unfused ops on the CPU provider
+    (`disabled_optimizers` replaces that list). `optimized_model_path` makes onnxruntime write the
+    optimized graph there (offline optimization). Providers that onnxruntime does not have built in are
+    plugin EPs (see passes/_providers.py): the session then takes every provider through its devices.
     """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or cpu_cores()
     options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_LEVELS[level])
     options.log_severity_level = 3  # errors only: the passes report what matters themselves
-    disabled = list(CPU_DISABLED_OPTIMIZERS) if providers[0] == "CPUExecutionProvider" else None
-    return ort.InferenceSession(str(model_path), options, providers=providers, disabled_optimizers=disabled)
+    if optimized_model_path is not None:
+        options.optimized_model_filepath = str(optimized_model_path)
+        if has_external_data(Path(model_path).parent):
+            options.add_session_config_entry("session.optimized_model_external_initializers_file_name", EXTERNAL_DATA_FILE)
+            options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    if disabled_optimizers is None:
+        disabled_optimizers = list(CPU_DISABLED_OPTIMIZERS) if providers[0] == "CPUExecutionProvider" else []
+    provider_options = provider_options or [{} for _ in providers]
+    built_in = set(ort.get_available_providers())
+    if all(p in built_in for p in providers):
+        return ort.InferenceSession(str(model_path), options, providers=providers, provider_options=provider_options,
+                                    disabled_optimizers=disabled_optimizers or None)
+    devices: dict[str, list[Any]] = {}
+    for device in ort.get_ep_devices():
+        devices.setdefault(device.ep_name, []).append(device)
+    for name, opts in zip(providers, provider_options):
+        if name not in devices:
+            from .base import PassError
+
+            raise PassError(f"execution provider {name} has no device here (onnxruntime offers "
+                            f"{', '.join(sorted(devices))}); is its plugin library registered?")
+        options.add_provider_for_devices(devices[name], opts)
+    return ort.InferenceSession(str(model_path), options, disabled_optimizers=disabled_optimizers or None)
 
 
 def make_cpu_session(model_path: Path, threads: int | None = None) -> Any:
     """`make_session` on the CPU provider."""
     return make_session(model_path, ["CPUExecutionProvider"], threads)
+
+
+def to_fp16(proto: Any, op_block_list: list[str] | tuple[str, ...] = (), node_block_list: list[str] | None = None,
+            external: bool = False) -> Any:
+    """`proto` in float16 with onnxruntime's converter; inputs and outputs keep their types.
+
+    The operators in onnxruntime's DEFAULT_OP_BLOCK_LIST (no float16 kernel, or float16 results that
+    overflow) and `op_block_list` stay float32, with casts around them.
+    """
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    blocked = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(op_block_list))
+    return convert_float_to_float16(
+        proto, keep_io_types=True, op_block_list=blocked, node_block_list=node_block_list or None,
+        disable_shape_infer=external,  # onnx shape inference cannot take a model over 2 GB
+    )
 
 
 def model_files(folder: Path) -> list[Path]:
@@ -217,15 +264,23 @@ def encode(tokenizer: Any, inputs: list[tuple[str, str]], texts: list[Any], padd
     return feed
 
 
-class _DropMessages(logging.Filter):
-    """Drops log records whose message starts with one of `prefixes`."""
+#: Root-logger notes of the static quantizer about a transformer graph that change nothing a user can act on:
+#: LayerNorm parameters that are not per-channel, biases computed in the graph, the opset raised for 16-bit QDQ.
+_QUANTIZER_NOTES = ("Axis ", "Expected bias", "Bias of Gemm node", "The original model opset version")
 
-    def __init__(self, prefixes: tuple[str, ...]):
+
+class _DropMessages(logging.Filter):
+    """Drops log records whose message starts with one of `prefixes` (`notes`: only from onnxruntime's quantizer)."""
+
+    def __init__(self, prefixes: tuple[str, ...], notes: tuple[str, ...] = ()):
         super().__init__()
-        self.prefixes = prefixes
+        self.prefixes, self.notes = prefixes, notes
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.prefixes)
+        message = record.getMessage()
+        if message.startswith(self.prefixes):
+            return False
+        return not (message.startswith(self.notes) and "onnxruntime" in record.pathname)
 
 
 @contextmanager
@@ -238,7 +293,7 @@ def quiet_quantizer() -> Iterator[None]:
     names = ("onnxruntime.quantization", "onnxruntime.quantization.matmul_nbits_quantizer")
     loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
-    advice = _DropMessages(("Please consider",))
+    advice = _DropMessages(("Please consider",), _QUANTIZER_NOTES)
     root = logging.getLogger()
     root.addFilter(advice)
     for lg in loggers:
@@ -271,3 +326,32 @@ def import_nbits_quantizer() -> Any:
 def mb(n_bytes: int) -> float:
     """Bytes as megabytes (10^6), rounded for meta and summaries."""
     return round(n_bytes / 1e6, 2)
+
+
+#: Input-name prefixes of a decoder graph's KV cache (optimum: past_key_values.N.key; genai: past_key_values.N.key too;
+#: older exports: past.N).
+_CACHE_INPUT_PREFIXES = ("past_key_values", "past.", "past_key", "cache.")
+
+
+def model_family(folder: Path, meta: dict | None = None) -> str:
+    """`causal_lm` or `encoder`: what target-aware passes choose by, read from the ONNX model and its config.
+
+    A causal LM is recognised by the step's task, a `genai_config.json`, a `...ForCausalLM`/`LMHeadModel`
+    architecture in config.json, or KV-cache inputs in the graph; everything else is an encoder.
+    """
+    import json
+
+    if (meta or {}).get("task") in ("causal-lm", "text-generation"):
+        return "causal_lm"
+    if (folder / "genai_config.json").is_file():
+        return "causal_lm"
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}
+    if any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in config.get("architectures") or []):
+        return "causal_lm"
+    model = folder / MODEL_FILE
+    if model.is_file() and any(name.startswith(_CACHE_INPUT_PREFIXES) for name, _ in graph_inputs(model)):
+        return "causal_lm"
+    return "encoder"

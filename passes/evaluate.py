@@ -23,23 +23,14 @@ from schemas import Target
 from schemas.steps import EvaluateConfig
 from schemas.steps.evaluate import LM_METRICS
 
-from . import _latency, _onnx_utils, _report
+from schemas.target import TargetError, select_providers
+
+from . import _latency, _onnx_utils, _providers, _report
 from .base import Artifact, Pass, PassError
 from .registry import register_pass
 
 #: The tokenizer outputs an ONNX encoder graph may declare as inputs.
 ONNX_TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-#: Where a missing ONNX Runtime execution provider comes from.
-PROVIDER_PACKAGES = {
-    "CUDAExecutionProvider": "onnxruntime-gpu",
-    "TensorrtExecutionProvider": "onnxruntime-gpu (and TensorRT)",
-    "OpenVINOExecutionProvider": "onnxruntime-openvino",
-    "QNNExecutionProvider": "onnxruntime-qnn",
-    "DmlExecutionProvider": "onnxruntime-directml (Windows only)",
-    "ROCMExecutionProvider": "onnxruntime-rocm",
-    "MIGraphXExecutionProvider": "onnxruntime-migraphx",
-    "CoreMLExecutionProvider": "onnxruntime (macOS build)",
-}
 #: Weights files of a Hugging Face folder (the tokenizer and config do not count towards its size).
 HF_WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "tf_model*.h5", "flax_model*.msgpack")
 #: Rows per batch for the quality metrics (dynamic padding keeps short batches cheap).
@@ -49,29 +40,23 @@ SHUFFLE_SEED = 0
 
 
 def session_providers(target: Target, available: list[str], log: Callable[[str], None]) -> list[str]:
-    """The ONNX Runtime providers to use for `target`, given the installed ones.
+    """The ONNX Runtime providers to use for `target`, given the available ones (`schemas.target.select_providers`).
 
-    A requested provider that is not installed is an error (naming the package that brings it), unless
+    A requested provider that is not available is an error (naming the package that brings it), unless
     the target says `fallback: cpu`: then it is dropped, once, with a log line, and the CPU is used.
     """
-    requested = target.resolved_providers()
-    missing = [p for p in requested if p not in available]
-    if not missing:
-        return requested
-    if target.fallback != "cpu":
-        hints = "; ".join(f"{p} comes with `pip install {PROVIDER_PACKAGES.get(p, 'an onnxruntime build that has it')}`" for p in missing)
-        raise PassError(
-            f"execution provider(s) {', '.join(missing)} not installed (installed: {', '.join(available)}); "
-            f"{hints}; or set `target.fallback: cpu` to run on the CPU"
-        )
-    kept = [p for p in requested if p in available and p != "CPUExecutionProvider"] + ["CPUExecutionProvider"]
-    log(f"execution provider(s) {', '.join(missing)} not installed; falling back to {', '.join(kept)}")
-    return kept
+    try:
+        choice = select_providers(target, available)
+    except TargetError as exc:
+        raise PassError(str(exc)) from None
+    if choice.missing:
+        log(f"execution provider(s) {', '.join(choice.missing)} not installed; falling back to {', '.join(choice.providers)}")
+    return list(choice.providers)
 
 
-def make_session(model_path: Path, providers: list[str], threads: int) -> Any:
-    """An ONNX Runtime session with `threads` intra-op threads; SkipLayerNorm left unfused on the CPU."""
-    return _onnx_utils.make_session(model_path, providers, threads)
+def make_session(model_path: Path, providers: list[str], threads: int, provider_options: list[dict[str, str]] | None = None) -> Any:
+    """An ONNX Runtime session with `threads` intra-op threads and the target's provider options; SkipLayerNorm left unfused on the CPU."""
+    return _onnx_utils.make_session(model_path, providers, threads, provider_options=provider_options)
 
 
 def model_size_bytes(artifact: Artifact) -> int:
@@ -158,11 +143,12 @@ class HfClassifier(Classifier):
 class OnnxClassifier(Classifier):
     """An ONNX classifier in ONNX Runtime; only the inputs the graph declares are fed."""
 
-    def __init__(self, artifact: Artifact, labels: list[str], providers: list[str], threads: int):
+    def __init__(self, artifact: Artifact, labels: list[str], providers: list[str], threads: int,
+                 provider_options: list[dict[str, str]] | None = None):
         from transformers import AutoTokenizer
 
         folder = Path(artifact.path)
-        self.session = make_session(folder / "model.onnx", providers, threads)
+        self.session = make_session(folder / "model.onnx", providers, threads, provider_options)
         self.inputs = {i.name: i.type for i in self.session.get_inputs()}
         unknown = sorted(set(self.inputs) - set(ONNX_TEXT_INPUTS))
         if unknown:
@@ -184,6 +170,16 @@ class OnnxClassifier(Classifier):
             feeds[name] = np.ascontiguousarray(value, dtype=dtype)
         session, output = self.session, [self.output]
         return lambda: session.run(output, feeds)[0]
+
+
+def _execution(classifiers: dict[str, Classifier], target: Target, threads: int) -> dict[str, Any] | None:
+    """Where the ONNX models ran, read from their sessions (None when only PyTorch models were evaluated)."""
+    sessions = [c.session for c in classifiers.values() if isinstance(c, OnnxClassifier)]
+    if not sessions:
+        return None
+    used = list(sessions[0].get_providers())
+    return {"provider": used[0], "providers": used, "requested": target.resolved_providers(),
+            "threads": threads, "models": {n: c.provider for n, c in classifiers.items()}}
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
@@ -279,7 +275,7 @@ class Evaluate(Pass[EvaluateConfig]):
         _report.write_report(ctx.out_dir, payload, step=ctx.step)
         summary = _report.summary_line(results, baseline)
         ctx.log(summary)
-        return {"metrics": results, "baseline": baseline, "summary": summary}
+        return {"metrics": results, "baseline": baseline, "summary": summary, "execution": _execution(classifiers, ctx.target, threads)}
 
     def _run_lms(self, models: list[Artifact], data: Artifact, ctx: Any) -> dict[str, Any]:
         """Causal LMs: perplexity, sample answers, decode speed, size (see `_evaluate_lm`)."""
@@ -325,10 +321,10 @@ class Evaluate(Pass[EvaluateConfig]):
             labels = check_classifier(art, data, data_labels)
             if art.kind == "onnx_model":
                 if providers is None:
-                    import onnxruntime
-
-                    providers = session_providers(ctx.target, onnxruntime.get_available_providers(), ctx.log)
-                out[art.step] = OnnxClassifier(art, labels, providers, threads)
+                    _providers.register_plugins(ctx.target, ctx.workflow_dir, ctx.log)
+                    providers = session_providers(ctx.target, _providers.available_providers(), ctx.log)
+                out[art.step] = OnnxClassifier(art, labels, providers, threads,
+                                               _providers.provider_options_for(ctx.target, providers))
             else:
                 device = device or self._torch_device(ctx)
                 out[art.step] = HfClassifier(art, labels, device)
@@ -383,6 +379,7 @@ class Evaluate(Pass[EvaluateConfig]):
         for name, samples in timings.samples_ms.items():
             results[name].update(_latency.summarize(samples, cfg.batch_size))
             results[name]["load_average"] = round(load, 2)
+            results[name]["latency_provider"] = classifiers[name].provider  # what the timed session really ran on
             results[name].update(threads=threads, batch_size=cfg.batch_size, sequence_length=cfg.sequence_length)
         return timings
 

@@ -68,11 +68,18 @@ class Quantize(Pass[QuantizeConfig]):
         src_model = source.path / ou.MODEL_FILE
         if not src_model.exists():
             raise PassError(f"step {source.step!r} has no {ou.MODEL_FILE} in {source.path}; quantize takes an export_onnx step")
+        family = ou.model_family(source.path, source.meta)
+        plan = cfg.plan(ctx.target, causal_lm=family == "causal_lm")
+        method = plan.method
+        ctx.log(f"{method}{f' ({plan.activation_type} activations, {plan.profile} op set)' if plan.profile else ''}: "
+                f"{plan.reason}")
+        if method == "static_int8" and "data" not in inputs:
+            raise PassError(f"static_int8 ({plan.reason}) is calibrated on data: set `data` to a load_data step")
         dst_model = ctx.out_dir / ou.MODEL_FILE
         excluded = _nodes_to_exclude(src_model, cfg.exclude_nodes, cfg.exclude_op_types)
         fused_ops = ou.op_counts(src_model).keys() & FUSED_OP_TYPES
-        if fused_ops and cfg.method in ("static_int8", "int4"):
-            ctx.log(f"{cfg.method} leaves the weights inside {', '.join(sorted(fused_ops))} in float: "
+        if fused_ops and method in ("static_int8", "int4"):
+            ctx.log(f"{method} leaves the weights inside {', '.join(sorted(fused_ops))} in float: "
                     "quantize the unfused export for a smaller, faster model")
 
         scratch = ctx.out_dir / ".fused"
@@ -80,20 +87,22 @@ class Quantize(Pass[QuantizeConfig]):
         try:
             graph = src_model
             # With `op_types` set the user picks the ops: fuse only when they name the fused ones.
-            if cfg.method == "dynamic_int8" and cfg.fuse and (cfg.op_types is None or FUSED_OP_TYPES & set(cfg.op_types)):
+            if method == "dynamic_int8" and fused_ops:
+                ctx.log(f"the input is already fused ({', '.join(sorted(fused_ops))}): quantizing it as it is")
+            elif method == "dynamic_int8" and cfg.fuse and (cfg.op_types is None or FUSED_OP_TYPES & set(cfg.op_types)):
                 graph, fused = _fuse_for_int8(source, scratch, cfg.exclude_nodes, ctx)
                 excluded = _nodes_to_exclude(graph, cfg.exclude_nodes, cfg.exclude_op_types)
             if excluded:
                 ctx.log(f"leaving {len(excluded)} node(s) unquantized")
             external = ou.has_external_data(graph.parent)
             with ou.quiet_quantizer():
-                if cfg.method == "dynamic_int8":
+                if method == "dynamic_int8":
                     _dynamic_int8(cfg, graph, dst_model, excluded, external)
-                elif cfg.method == "static_int8":
+                elif method == "static_int8":
                     from ._calibration import static_int8
 
-                    static_int8(cfg, graph, dst_model, excluded, external, inputs["data"], ctx)
-                elif cfg.method == "int4":
+                    static_int8(cfg, plan, graph, dst_model, excluded, external, inputs["data"], ctx)
+                elif method == "int4":
                     _int4(cfg, graph, dst_model, excluded, ctx)
                 else:
                     _fp16(cfg, graph, dst_model, excluded, external)
@@ -107,10 +116,10 @@ class Quantize(Pass[QuantizeConfig]):
         weights = _low_precision_weights(dst_model) - _low_precision_weights(src_model)
         if weights <= 0 and not quant_ops:
             raise PassError(
-                f"{cfg.method} changed nothing in the model: no weight was quantized; check `op_types` "
+                f"{method} changed nothing in the model: no weight was quantized; check `op_types` "
                 f"(the graph has {', '.join(sorted(ou.op_counts(src_model)))}) and the exclusions"
             )
-        check = _compare(source.path, src_model, dst_model, source.meta.get("outputs"))
+        check = compare_outputs(source.path, src_model, dst_model, source.meta.get("outputs"))
         ratio = size_out / size_in if size_in else 1.0
         ops_text = ", ".join(f"{n} {op}" for op, n in quant_ops.items()) or f"{weights} fp16 weights"
         agree = f", same label on {check['same_label']} samples" if check["same_label"] else ""
@@ -120,7 +129,10 @@ class Quantize(Pass[QuantizeConfig]):
             "inputs": source.meta.get("inputs"),
             "outputs": source.meta.get("outputs"),
             "opset": source.meta.get("opset"),
-            "method": cfg.method,
+            "method": method,
+            "family": family,
+            "choices": plan.as_dict(),
+            "execution": check["execution"],
             "size_mb": ou.mb(size_out),
             "size_ratio": round(ratio, 4),
             "quant_ops": quant_ops,
@@ -129,7 +141,7 @@ class Quantize(Pass[QuantizeConfig]):
             "fused": fused,
             "max_abs_diff_vs_input": check["max_abs_diff"],
             "same_label_vs_input": check["same_label"],
-            "summary": f"{cfg.method}{' (attention fused)' if fused else ''}: {ou.mb(size_out):.1f} MB ({ratio:.0%} of the input); {ops_text}; "
+            "summary": f"{method}{' (attention fused)' if fused else ''}: {ou.mb(size_out):.1f} MB ({ratio:.0%} of the input); {ops_text}; "
             f"max |diff| vs input {check['max_abs_diff']:.3g}{agree}",
             "metrics": {"size_mb": ou.mb(size_out), "size_ratio": round(ratio, 4), "max_abs_diff_vs_input": check["max_abs_diff"]},
         }
@@ -161,7 +173,7 @@ def _fuse_for_int8(source: Artifact, scratch: Path, exclude_nodes: list[str], ct
         if replaced:
             ctx.log(f"the fusion replaces {', '.join(replaced[:3])} (in exclude_nodes): quantizing the unfused graph")
             return src, None
-    check = _compare(source.path, src, fused, source.meta.get("outputs"))
+    check = compare_outputs(source.path, src, fused, source.meta.get("outputs"))
     if not check["max_abs_diff"] <= FUSION_ATOL:
         ctx.log(f"the fused graph's outputs differ from the input's by {check['max_abs_diff']:.3g}: "
                 "quantizing the unfused graph")
@@ -244,17 +256,12 @@ def _int4(cfg: QuantizeConfig, src: Path, dst: Path, excluded: list[str], ctx: S
 def _fp16(cfg: QuantizeConfig, src: Path, dst: Path, excluded: list[str], external: bool) -> None:
     """float16 weights and activations; the graph's inputs and outputs keep their types."""
     import onnx
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     proto = onnx.load(str(src))
-    blocked = set(DEFAULT_OP_BLOCK_LIST) | set(cfg.exclude_op_types)
+    blocked = set(cfg.exclude_op_types)
     if cfg.op_types:  # "only these": every other op type of the graph stays in float32
         blocked |= {n.op_type for n in proto.graph.node} - set(cfg.op_types)
-    converted = convert_float_to_float16(
-        proto, keep_io_types=True, op_block_list=sorted(blocked), node_block_list=excluded or None,
-        disable_shape_infer=external,  # onnx shape inference cannot take a model over 2 GB
-    )
-    ou.save_model(converted, dst.parent)
+    ou.save_model(ou.to_fp16(proto, sorted(blocked), excluded, external), dst.parent)
 
 
 def _low_precision_weights(model_path: Path) -> int:
@@ -265,7 +272,7 @@ def _low_precision_weights(model_path: Path) -> int:
     return sum(len(t.dims) >= 2 and onnx.TensorProto.DataType.Name(t.data_type) in _LOW_PRECISION for t in graph.initializer)
 
 
-def _compare(folder: Path, src: Path, dst: Path, outputs: list[str] | None) -> dict[str, Any]:
+def compare_outputs(folder: Path, src: Path, dst: Path, outputs: list[str] | None) -> dict[str, Any]:
     """Run the input and the quantized model on sample sentences: max |diff| and label agreement."""
     import numpy as np
     from transformers import AutoTokenizer
@@ -273,6 +280,7 @@ def _compare(folder: Path, src: Path, dst: Path, outputs: list[str] | None) -> d
     from .onnx_export import sample_sentences
 
     try:
+        # The check runs on the CPU provider: every machine has it, and a QDQ model for an NPU runs there too.
         before, after = ou.make_cpu_session(src), ou.make_cpu_session(dst)
     except Exception as exc:  # an invalid graph: the user should know which method produced it
         raise PassError(f"onnxruntime cannot load the quantized model: {exc}") from exc
@@ -291,4 +299,5 @@ def _compare(folder: Path, src: Path, dst: Path, outputs: list[str] | None) -> d
         if output == "logits":
             same += int((got.argmax(-1) == ref.argmax(-1)).all())
             total += 1
-    return {"max_abs_diff": worst, "same_label": f"{same}/{total}" if total else None}
+    return {"max_abs_diff": worst, "same_label": f"{same}/{total}" if total else None,
+            "execution": {"provider": after.get_providers()[0], "providers": after.get_providers(), "purpose": "check"}}

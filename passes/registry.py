@@ -21,6 +21,7 @@ BUILTIN_PASSES = {
     "finetune": "passes.train",
     "merge_adapter": "passes.train",
     "export_onnx": "passes.onnx_export",
+    "optimize_onnx": "passes.optimize_onnx",
     "quantize": "passes.quantize",
     "evaluate": "passes.evaluate",
 }

@@ -20,22 +20,14 @@ from schemas import StepConfig, Target, Workflow, WorkflowHeader, step_types
 from schemas.base import STEP_NAME_PATTERN
 from schemas.errors import ConfigError, Issue
 from schemas.paths import PathResolutionError, is_package_uri, looks_like_hub_id, resolve_local_path
+from schemas.target import PROVIDER_SOURCES, TargetError, providers_from_packages, select_providers
 
 from .graph import build_graph, find_cycles, run_order
 from .overrides import apply_overrides
 from .yaml_loader import Positions, load_yaml
 
-#: Execution providers and the onnxruntime distribution that ships each (checked without importing).
-PROVIDER_PACKAGES = {
-    "CPUExecutionProvider": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-qnn", "onnxruntime-directml"),
-    "AzureExecutionProvider": ("onnxruntime", "onnxruntime-gpu"),
-    "CUDAExecutionProvider": ("onnxruntime-gpu",),
-    "TensorrtExecutionProvider": ("onnxruntime-gpu",),
-    "OpenVINOExecutionProvider": ("onnxruntime-openvino",),
-    "QNNExecutionProvider": ("onnxruntime-qnn",),
-    "DmlExecutionProvider": ("onnxruntime-directml",),
-    "VitisAIExecutionProvider": ("onnxruntime-vitisai",),
-}
+#: Execution providers and the onnxruntime distributions that ship each (checked without importing).
+PROVIDER_PACKAGES = {name: src.packages + ((src.plugin[0],) if src.plugin else ()) for name, src in PROVIDER_SOURCES.items()}
 
 
 @dataclass
@@ -103,15 +95,18 @@ def check_workflow(data: dict, positions: Positions, folder: Path, file: Path | 
     for out_name, step in outputs.items():
         if isinstance(step, str) and step not in known:
             issues.append(positions.issue(("outputs", out_name), f"unknown step {step!r}", _did_you_mean(step, known)))
+    if header is not None:  # the azureml: section names steps too: check them as references are checked
+        issues += [positions.issue(("azureml",) + path, message, hint)
+                   for path, message, hint in header.azureml.step_issues(steps, known)]
     target = header.target if header else Target()
-    warnings = _check_providers(target, positions)
+    warnings = _check_targets(target, steps, positions, folder)
     issues += [w for w in warnings if w.severity == "error"]
     if issues:
         raise ConfigError(_sorted(issues))
     assert header is not None
     workflow = Workflow(
         version=header.version, name=header.name, description=header.description,
-        target=header.target, steps=steps, outputs=dict(header.outputs),
+        target=header.target, steps=steps, outputs=dict(header.outputs), azureml=header.azureml,
     )
     return LoadedWorkflow(workflow, file or folder / "<workflow>", positions, graph, run_order(graph),
                           [w for w in warnings if w.severity != "error"])
@@ -191,29 +186,71 @@ def _check_paths(steps: dict[str, StepConfig], positions: Positions, folder: Pat
     return issues
 
 
-def _check_providers(target: Target, positions: Positions) -> list[Issue]:
-    """Refuse (fallback: error) or warn about (fallback: cpu) providers whose package is not installed."""
-    issues = []
-    for i, provider in enumerate(target.resolved_providers()):
-        packages = PROVIDER_PACKAGES.get(provider)
-        if packages is None:
-            continue  # an unknown or plugin provider: checked by the session that loads it
-        if any(_installed(p) for p in packages):
-            continue
-        path = ("target", "providers", i) if target.providers else ("target", "device")
-        severity = "error" if target.fallback == "error" else "warning"
-        message = f"{provider} is not available: install {' or '.join(packages)}"
-        hint = "or set `target.fallback: cpu` to run on the CPU instead" if severity == "error" else "falling back to the CPU"
-        issues.append(positions.issue(path, message, hint, severity=severity))
+def _check_targets(target: Target, steps: dict[str, StepConfig], positions: Positions, folder: Path) -> list[Issue]:
+    """The workflow's target and every step's effective target: providers available here, step needs met.
+
+    A target whose providers are missing is an error (fallback: error) or one warning (fallback: cpu),
+    reported once however many steps share it. Passes that would pick something the target cannot do
+    without more input (quantize on an npu needs calibration data) say so here, before anything runs.
+    """
+    installed = _installed_distributions()
+    issues: list[Issue] = []
+    seen: set[str] = set()
+
+    def check(tgt: Target, path: tuple) -> None:
+        issues.extend(i for i in _check_providers(tgt, positions, folder, installed, path) if i.message not in seen)
+        seen.update(i.message for i in issues)
+
+    check(target, ("target",))
+    for name, cfg in steps.items():
+        effective = target
+        if cfg.target is not None:
+            try:
+                effective = target.overridden(cfg.target)
+            except ValidationError as exc:
+                messages = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors(include_url=False))
+                issues.append(positions.issue(("steps", name, "target"), f"with the workflow's target: {messages}"))
+                continue
+            check(effective, ("steps", name, "target"))
+        for fld, message, hint in cfg.target_issues(effective):
+            issues.append(positions.issue(("steps", name) + tuple(fld), message, hint))
     return issues
 
 
-def _installed(distribution: str) -> bool:
+def _check_providers(target: Target, positions: Positions, folder: Path, installed: set[str],
+                     where: tuple = ("target",)) -> list[Issue]:
+    """Refuse (fallback: error) or warn about (fallback: cpu) providers that are not available here."""
+    issues = []
+    plugins = []
+    for provider, library in target.provider_libraries.items():
+        try:
+            found = resolve_local_path(library, folder).is_file()
+        except PathResolutionError:
+            found = False
+        if found:
+            plugins.append(provider)
+        else:
+            issues.append(positions.issue(where + ("provider_libraries", provider),
+                                          f"plugin library {library!r} for {provider} does not exist",
+                                          "relative paths are relative to the workflow file's folder"))
     try:
-        importlib.metadata.distribution(distribution)
-        return True
-    except importlib.metadata.PackageNotFoundError:
-        return False
+        choice = select_providers(target, providers_from_packages(installed, plugins))
+    except TargetError as exc:
+        path = where + (("providers",) if target.providers else ("device",))
+        return issues + [positions.issue(path, exc.message, exc.hint)]
+    if choice.warning:
+        issues.append(positions.issue(where, choice.warning, severity="warning"))
+    return issues
+
+
+def _installed_distributions() -> set[str]:
+    """Names of the installed distributions, lower case (importlib.metadata: onnxruntime is not imported)."""
+    names = set()
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata.get("Name") if dist.metadata else None
+        if name:
+            names.add(name.lower().replace("_", "-"))
+    return names
 
 
 def pydantic_issues(exc: ValidationError, cls: type[BaseModel], prefix: tuple, data: Any,

@@ -73,6 +73,90 @@ def cmd_run(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def cmd_step(args: argparse.Namespace) -> int:
+    """Run one step from its inputs' artifacts and write its artifact (what a pipeline node runs)."""
+    from .azureml.node import run_node
+
+    return run_node(args.workflow, args.step, args.input or [], args.output, args.set or (), args.cache_dir, args.quiet)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Submit the workflow to Azure ML as a command job or a pipeline job (or write the job YAML)."""
+    from .azureml.submit import FIELD_FLAGS, SubmitRequest, submit
+
+    request = SubmitRequest(
+        workflow=args.workflow, overrides=list(args.set or ()),
+        fields={name: getattr(args, name) for name in FIELD_FLAGS if getattr(args, name) is not None},
+        tags=args.tag or [], inputs=args.input or [], step_compute=args.step_compute or [], mode=args.mode,
+        dry_run=args.dry_run, output=args.output, wait=args.wait, register_model=args.register_model,
+        job=args.job, model_output=args.model_output,
+    )
+    return submit(request, say=lambda text: out.print(text, markup=False))
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    """The execution providers and onnxruntime flavours here; with a workflow, what each target would use."""
+    from passes._providers import describe_machine
+
+    machine = describe_machine()
+    rows = _workflow_targets(args, [p["name"] for p in machine["providers"]]) if args.workflow else []
+    if args.json:
+        out.print_json(json.dumps({**machine, "workflow": rows}))
+        return EXIT_OK
+    out.print(f"onnxruntime {machine['onnxruntime']}: " + ", ".join(
+        f"{p['name']}" + (" (plugin)" if p["kind"] == "plugin" else "") for p in machine["providers"]), markup=False)
+    table = Table(title="onnxruntime flavours", title_justify="left")
+    for col in ("package", "brings", "installed", "to get it"):
+        table.add_column(col, overflow="fold")
+    for f in machine["flavours"]:
+        table.add_row(f["package"], f["brings"], f["version"] or "no", "" if f["version"] else f["install"])
+    out.print(table)
+    out.print("not available here:", markup=False)
+    for m in machine["missing"]:
+        out.print(f"  {m['name']}: install {m['install']}", markup=False)
+    for row in rows:
+        status = f"-> {', '.join(row['providers'])}" if row["providers"] else f"cannot run: {row['error']}"
+        out.print(f"{row['where']}: {row['target']} {status}" + (f" ({row['warning']})" if row.get("warning") else ""),
+                  markup=False)
+    return EXIT_OK
+
+
+def _workflow_targets(args: argparse.Namespace, available: list[str]) -> list[dict]:
+    """Each distinct target of a workflow (the workflow's and steps' overrides) with the providers it gets here."""
+    from pipelines.validate import check_workflow
+    from pipelines.yaml_loader import load_yaml
+    from schemas.target import TargetError, select_providers
+
+    path = Path(args.workflow)
+    data, positions = load_yaml(path.read_text(encoding="utf-8"), str(path))
+    from schemas import Target
+
+    try:
+        workflow = check_workflow(data, positions, path.resolve().parent, path.resolve()).workflow
+    except ConfigError as exc:  # an unavailable target is what this command explains: show it
+        workflow = None
+        messages = [i.format() for i in exc.issues]
+    seen: dict[str, dict] = {}
+    targets = [("target", Target.model_validate(data.get("target") or {}))] if workflow is None else \
+        [("target", workflow.target)] + [(f"steps.{n}.target", workflow.target.overridden(c.target))
+                                          for n, c in workflow.steps.items() if c.target is not None]
+    for where, target in targets:
+        text = f"{target.device} {target.resolved_providers()}"
+        if text in seen:
+            continue
+        row = {"where": where, "target": text, "providers": None, "error": None, "warning": None}
+        try:
+            choice = select_providers(target, available)
+            row["providers"], row["warning"] = list(choice.providers), choice.warning
+        except TargetError as exc:
+            row["error"] = str(exc)
+        seen[text] = row
+    if workflow is None:
+        for m in messages:
+            err.print(m, markup=False)
+    return list(seen.values())
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     """Print the workflow format's JSON Schema."""
     from schemas.jsonschema import workflow_json_schema
@@ -226,6 +310,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failing step")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors (the log file still gets everything)")
 
+    p = workflow_cmd("step", "run one step from its inputs' artifacts (what each Azure ML pipeline node runs)", cmd_step)
+    p.add_argument("step", help="the step to run")
+    p.add_argument("--input", action="append", metavar="STEP=DIR",
+                   help="the artifact folder (artifact.json + data/) of a step this one references (repeatable)")
+    p.add_argument("--output", type=Path, required=True, help="an empty folder: the step's artifact is written there")
+    p.add_argument("--cache-dir", type=Path, help="the artifact cache (default $XDG_CACHE_HOME/pipeline)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    _submit_parser(workflow_cmd("submit", "run the workflow in Azure ML: one command job, or a pipeline job with "
+                                "a node per step (needs the azure extra)", cmd_submit))
+
+    p = sub.add_parser("targets", help="execution providers and onnxruntime flavours here, and what to install for others")
+    p.add_argument("workflow", nargs="?", help="also show the providers each of this workflow's targets gets here")
+    p.add_argument("--json", action="store_true", help="print it as JSON")
+    p.set_defaults(func=cmd_targets)
     p = sub.add_parser("schema", help="print the JSON Schema of the workflow format (for editors)")
     p.add_argument("--output", "-o", help="write it to this file")
     p.set_defaults(func=cmd_schema)
@@ -246,6 +344,36 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--yes", action="store_true", help="do not ask")
     p.set_defaults(func=cmd_cache)
     return parser
+
+
+def _submit_parser(p: argparse.ArgumentParser) -> None:
+    """`pipeline submit`'s flags; each workspace/job flag overrides the workflow's `azureml:` field."""
+    p.add_argument("--mode", choices=("job", "pipeline"), default="job",
+                   help="job: one command job runs `pipeline run`; pipeline: one node per step, along the DAG")
+    p.add_argument("--dry-run", action="store_true", help="write the job YAML (and its code snapshot) instead of submitting")
+    p.add_argument("-o", "--output", type=Path, help="with --dry-run: the job YAML file (default ./NAME-MODE.yaml)")
+    for flag, name, help_ in (
+        ("--subscription-id", "subscription_id", "the Azure subscription id"),
+        ("--resource-group", "resource_group", "the workspace's resource group"),
+        ("--workspace", "workspace", "the Azure ML workspace"),
+        ("--workspace-config", "config", "a workspace config.json (default: found as the SDK finds it)"),
+        ("--compute", "compute", "the compute cluster jobs run on"),
+        ("--environment", "environment", "an existing environment, azureml:NAME:VERSION (default: built from the project)"),
+        ("--experiment", "experiment", "the experiment name (default: the workflow's name)"),
+        ("--display-name", "display_name", "the job's name in the studio"),
+        ("--cache", "cache", "a datastore folder azureml://datastores/NAME/paths/DIR mounted as the artifact cache"),
+    ):
+        p.add_argument(flag, dest=name, metavar=name.split("_")[-1].upper(), help=help_)
+    p.add_argument("--tag", action="append", metavar="KEY=VALUE", help="a tag on the job (repeatable)")
+    p.add_argument("--input", action="append", metavar="STEP=URI",
+                   help="read STEP's path from a datastore URI or data asset instead of uploading it (repeatable)")
+    p.add_argument("--step-compute", action="append", metavar="STEP=COMPUTE",
+                   help="--mode pipeline: run STEP's node on another compute, e.g. tune=gpu-cluster (repeatable)")
+    p.add_argument("--wait", action="store_true", help="stream the job's log until it ends")
+    p.add_argument("--register-model", metavar="NAME",
+                   help="register the ONNX output as a model once the job completes (implies --wait), or of --job")
+    p.add_argument("--job", metavar="JOB", help="with --register-model: a completed job (submitted from this workflow)")
+    p.add_argument("--model-output", metavar="OUTPUT", help="which `outputs:` entry to register when there are several")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

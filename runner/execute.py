@@ -113,7 +113,12 @@ def compute_parts(loaded: LoadedWorkflow, name: str, artifacts: dict[str, Artifa
         values = value if is_list else [value]
         digests = [_external_digest(v, spec.allow_remote, loaded.folder, cache, getattr(config, "revision", None)) for v in values]
         external[fld] = digests if is_list else digests[0]
-    return key_parts(config, pass_cls.version, pass_cls.packages, inputs, external, loaded.workflow.target)
+    return key_parts(config, pass_cls.version, pass_cls.packages, inputs, external, step_target(loaded, name))
+
+
+def step_target(loaded: LoadedWorkflow, name: str) -> Target:
+    """The target a step runs on: the workflow's, with the step's own `target:` fields over it."""
+    return loaded.workflow.target.overridden(loaded.workflow.steps[name].target)
 
 
 def _external_digest(value: str, allow_remote: bool, folder: Path, cache: Cache, revision: str | None) -> Any:
@@ -264,7 +269,7 @@ def _build(loaded: LoadedWorkflow, name: str, key: str, parts: KeyParts, cache: 
         found = [artifacts[t] for t in targets]
         inputs[fld] = found if config.reference_fields()[fld][1] else found[0]
     with cache.workdir(key) as work:
-        ctx = RunnerContext(name, work / "data", loaded.workflow.target, loaded.folder, console)
+        ctx = RunnerContext(name, work / "data", step_target(loaded, name), loaded.folder, console)
         meta = pass_cls(config).run(inputs, ctx)
         if not isinstance(meta, dict):
             raise TypeError(f"{pass_cls.__name__}.run must return a dict of metadata, not {type(meta).__name__}")
@@ -278,6 +283,24 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, (PassError, PipelineError)):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
+
+
+def run_one_step(loaded: LoadedWorkflow, name: str, inputs: dict[str, Artifact], options: RunOptions,
+                 console: RunConsole) -> tuple[StepRecord, Artifact | None]:
+    """Run (or find in the cache) one step from the given artifacts of the steps it references.
+
+    No other step runs: this is the unit `pipeline step` runs on one node of an Azure ML pipeline job.
+    Returns the step's record and, unless it failed, its committed artifact.
+    """
+    config = loaded.workflow.steps[name]
+    record = StepRecord(name, config.step_type(), config.output_kind)
+    cache = Cache(options.cache_dir)
+    artifacts = dict(inputs)
+    try:
+        _run_step(loaded, name, 1, 1, record, artifacts, cache, console, name in options.force)
+    finally:
+        cache.fingerprints.close()
+    return record, artifacts.get(name)
 
 
 @dataclass

@@ -68,7 +68,8 @@ class KeyParts:
 
 def keyed_config(config: StepConfig) -> dict:
     """The config as keyed: JSON mode, minus `key_exclude`, references and paths (keyed by content)."""
-    drop = set(config.key_exclude) | set(config.reference_fields()) | set(config.path_fields())
+    # `target` (a step's override) is keyed as the effective target, and only where the pass uses it.
+    drop = set(config.key_exclude) | set(config.reference_fields()) | set(config.path_fields()) | {"target"}
     return config.model_dump(mode="json", exclude=drop)
 
 

@@ -52,12 +52,17 @@ def copy_outputs(loaded: LoadedWorkflow, records: dict[str, "StepRecord"], artif
             _replace_tree(art.path, out_dir / "reports" / name)
 
 
-def _step_json(record: "StepRecord") -> dict:
+def _step_json(record: "StepRecord", target: dict | None = None) -> dict:
     return {
         "type": record.type, "kind": record.kind, "status": record.status, "key": record.key,
         "seconds": round(record.seconds, 3), "summary": record.summary, "error": record.error,
         "metrics": record.meta.get("metrics"),
-        "meta": {k: v for k, v in record.meta.items() if k not in ("metrics", "summary")},
+        # Where the step ran, as its onnxruntime session reported (None for steps that run no session),
+        # and what a target-aware pass chose for the step's target.
+        "target": target,
+        "execution": record.meta.get("execution"),
+        "choices": record.meta.get("choices"),
+        "meta": {k: v for k, v in record.meta.items() if k not in ("metrics", "summary", "execution", "choices")},
     }
 
 
@@ -76,7 +81,7 @@ def write_run_files(loaded: LoadedWorkflow, result: "RunResult", artifacts: dict
         "seconds": round(result.finished - result.started, 3),
         "target": loaded.workflow.target.model_dump(mode="json"),
         "options": {"force": list(options.force), "only": list(options.only), "fail_fast": options.fail_fast},
-        "steps": {name: _step_json(r) for name, r in result.steps.items()},
+        "steps": {name: _step_json(r, _target_json(loaded, name)) for name, r in result.steps.items()},
         "outputs": {o: {"step": s, "path": str(result.output_dir / o) if s in artifacts else None}
                     for o, s in loaded.workflow.outputs.items()},
         "metrics": {name: r.meta["metrics"] for name, r in result.steps.items() if r.meta.get("metrics")},
@@ -87,6 +92,12 @@ def write_run_files(loaded: LoadedWorkflow, result: "RunResult", artifacts: dict
     tmp.write_text(json.dumps(doc, indent=2, sort_keys=False, default=str))
     os.replace(tmp, result.output_dir / "run.json")
     (result.output_dir / "report.md").write_text(render_report(loaded, result, artifacts))
+
+
+def _target_json(loaded: LoadedWorkflow, name: str) -> dict | None:
+    """A step's own target (workflow target with its overrides) when it differs from the workflow's."""
+    target = loaded.workflow.target.overridden(loaded.workflow.steps[name].target)
+    return None if target == loaded.workflow.target else target.model_dump(mode="json")
 
 
 def render_report(loaded: LoadedWorkflow, result: "RunResult", artifacts: dict[str, Artifact]) -> str:
@@ -104,6 +115,9 @@ def render_report(loaded: LoadedWorkflow, result: "RunResult", artifacts: dict[s
     ]
     for name, r in result.steps.items():
         detail = (r.summary or r.error or "").replace("|", "\\|").replace("\n", " ")
+        ran_on = (r.meta.get("execution") or {}).get("provider")
+        if ran_on:
+            detail += f" (on {ran_on})"
         lines.append(f"| {name} | {r.type} | {r.status} | {r.seconds:.1f} s | {(r.key or '')[:12]} | {detail} |")
     if wf.outputs:
         lines += ["", "## Outputs", ""]

@@ -11,6 +11,8 @@ from typing import Annotated, Any, ClassVar, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from .target import StepTarget, Target
+
 #: The artifact kinds a step can produce. Each reference field names the kinds it accepts.
 KINDS: tuple[str, ...] = ("hf_model", "adapter", "onnx_model", "dataset", "metrics")
 
@@ -138,6 +140,9 @@ class StepConfig(StrictModel):
     """
 
     type: str = Field(description="The pass this step runs.")
+    target: StepTarget | None = Field(
+        None, description="Overrides of the workflow's `target` for this step only (device, providers, options, threads)."
+    )
     output_kind: ClassVar[str] = ""
     #: Fields that do not change the result (logging, progress): left out of the cache key.
     key_exclude: ClassVar[frozenset[str]] = frozenset()
@@ -179,6 +184,14 @@ class StepConfig(StrictModel):
                 continue
             out[name] = list(value) if is_list else [value]
         return out
+
+    def target_issues(self, target: Target) -> list[tuple[tuple, str, str | None]]:
+        """Problems of this step on `target` (its effective target), found before anything runs.
+
+        Returns (field path, message, hint) triples; the default has none. QuantizeConfig, for one,
+        needs calibration data when an npu target makes it pick static QDQ.
+        """
+        return []
 
     def with_defaults_from(self, steps: dict[str, "StepConfig"]) -> "StepConfig":
         """Fill references whose default comes from another step's config (see MergeAdapterConfig).

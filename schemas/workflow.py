@@ -7,41 +7,11 @@ from typing import Literal
 from pydantic import Field, StringConstraints, field_validator
 from typing_extensions import Annotated
 
+from .azureml import AzureML
 from .base import StepConfig, StepName, StrictModel
+from .target import DEFAULT_PROVIDERS, Device, StepTarget, Target  # noqa: F401  (re-exported)
 
 SUPPORTED_VERSIONS = (1,)
-
-Device = Literal["cpu", "gpu", "npu"]
-
-#: Execution providers picked when a target names only its device.
-DEFAULT_PROVIDERS: dict[str, list[str]] = {
-    "cpu": ["CPUExecutionProvider"],
-    "gpu": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-    "npu": ["QNNExecutionProvider", "CPUExecutionProvider"],
-}
-
-
-class Target(StrictModel):
-    """Where models are evaluated and what they are optimized for."""
-
-    device: Device = Field("cpu", description="The kind of device: cpu, gpu or npu.")
-    providers: list[str] | None = Field(
-        None,
-        min_length=1,
-        description="ONNX Runtime execution providers in order of preference; default from `device`.",
-    )
-    fallback: Literal["error", "cpu"] = Field(
-        "error",
-        description="When a provider is not installed: `error` refuses the workflow, `cpu` runs on the CPU.",
-    )
-    threads: int | None = Field(
-        None, ge=1, le=256, description="Intra-op threads for ONNX Runtime sessions; default: all cores."
-    )
-
-    def resolved_providers(self) -> list[str]:
-        """The providers in order, with the device default when none were given."""
-        return list(self.providers or DEFAULT_PROVIDERS[self.device])
-
 
 class WorkflowHeader(StrictModel):
     """Everything but the steps, validated first; each step is validated by its own class."""
@@ -56,6 +26,10 @@ class WorkflowHeader(StrictModel):
     outputs: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")], StepName] = Field(
         default_factory=dict,
         description="Output folder name -> step whose artifact is copied, deployable, to the output folder.",
+    )
+    azureml: AzureML = Field(
+        default_factory=AzureML,
+        description="Where and how `pipeline submit` runs the workflow in Azure ML (optional; flags override it).",
     )
 
     @field_validator("version")
@@ -75,3 +49,4 @@ class Workflow(StrictModel):
     target: Target
     steps: dict[str, StepConfig]
     outputs: dict[str, str]
+    azureml: AzureML = AzureML()

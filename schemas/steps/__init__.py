@@ -3,7 +3,7 @@
 from .data import LoadDataConfig
 from .evaluate import EvaluateConfig
 from .model import ModelConfig
-from .onnx import ExportOnnxConfig, QuantizeConfig
+from .onnx import ExportOnnxConfig, OptimizeOnnxConfig, QuantizeConfig, QuantPlan
 from .train import FinetuneConfig, LoraConfig, MergeAdapterConfig, QloraConfig, TrainingSettings
 
 __all__ = [
@@ -14,7 +14,9 @@ __all__ = [
     "LoraConfig",
     "MergeAdapterConfig",
     "ModelConfig",
+    "OptimizeOnnxConfig",
     "QloraConfig",
     "QuantizeConfig",
+    "QuantPlan",
     "TrainingSettings",
 ]

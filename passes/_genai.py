@@ -1,0 +1,620 @@
+"""onnxruntime-genai (0.14.1) for causal LMs: build, multi-LoRA adapters, perplexity, decode speed, answers.
+
+API (what the export and evaluate passes call):
+
+- `build_genai(model_dir, out_dir, precision, execution_provider, options, threads, log)` -> facts: runs the
+  genai model builder in a child process (`python -m onnxruntime_genai.models.builder`; its output streams
+  into `log`). A child, not an in-process call: the builder puts its own folder on `sys.path`, prints
+  progress bars, and keeps ~2x the model in memory until the process ends. `options` are the builder's
+  `--extra_options`, checked against what 0.14.1 reads (`BUILDER_OPTIONS`); `threads` goes into
+  genai_config.json (`intra_op_num_threads`: without it genai ran one thread here).
+- `export_adapters(model_dir, {name: peft_dir}, out_dir, ...)` -> facts: the base built once with LoRA
+  inputs (the builder's `adapter_path`, then the LoRA weights turned into optional graph inputs whose default
+  is an empty rank-0 tensor, so no adapter = the base model), plus `<name>.onnx_adapter` per adapter
+  (onnxruntime's `AdapterFormat`) and `adapters.json`. `GenaiSession(dir)` loads them into `og.Adapters`.
+- `GenaiSession(dir)`, `generate_genai` (alias `generate`), `smoke_test`, `sequence_nll`, `perplexity_genai`,
+  `decode_speed_genai`; and `generate_torch`, `perplexity_torch`, `decode_speed_torch` with the same
+  conventions. Token ids always come from the folder's tokenizer through transformers: onnxruntime-genai's
+  own tokenizer returns -1 ids for SmolLM2's GGUF-converted tokenizer.json here.
+- `encode_pairs(tokenizer, pairs, system_prompt)`: (prompt ids, response ids) with the chat template.
+
+Perplexity: exp(mean NLL of the response tokens), the prompt as context (labels -100 on the prompt, as in
+training). genai 0.14.1 does return whole-sequence logits (`Generator.get_output("logits")` after
+`append_tokens`), so no raw onnxruntime session is needed; with `prune_lm_head` the model only returns the
+last position's logits, so the response is then fed one token at a time (teacher forcing through the KV cache).
+
+Decode speed: greedy, exactly `max_new_tokens` new tokens (EOS cannot end a run: genai `min_length` =
+`max_length`, transformers `min_new_tokens`), time to first token = prefill + first token, tokens/s = the
+decode rate after it; medians over runs.
+
+SmolLM2-135M-Instruct, int4 cpu, 2 threads, 100 held-out chatterbot pairs (fp32 perplexity 13.64),
+interleaved medians, one process (see the measurement table at `MEASURED`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .base import PassError
+
+BUILDER_VERSION = "0.14.1"
+#: Precision -> execution providers the 0.14.1 builder says it supports (its own printed list).
+SUPPORTED = {"fp32": ("cpu", "cuda"), "fp16": ("cuda", "dml", "NvTensorRtRtx", "webgpu"),
+             "bf16": ("cuda", "NvTensorRtRtx"), "int4": ("cpu", "cuda", "dml", "webgpu")}
+#: Builder extra options of 0.14.1 a caller may pass: name -> kind (bool, int choices, str choices, list).
+BUILDER_OPTIONS: dict[str, Any] = {
+    "int4_block_size": (16, 32, 64, 128, 256), "int4_accuracy_level": (0, 1, 2, 3, 4),
+    "int4_is_symmetric": bool, "int4_op_types_to_quantize": list, "int4_nodes_to_exclude": list,
+    "int4_algo_config": ("default", "rtn", "rtn_last", "k_quant", "k_quant_mixed", "k_quant_last", "k_quant_linear"),
+    "shared_embeddings": bool, "prune_lm_head": bool, "disable_qkv_fusion": bool, "include_hidden_states": bool,
+    "qmoe_block_size": (16, 32, 64, 128, 256), "use_8bits_moe": bool, "use_qdq": bool, "enable_cuda_graph": bool,
+    "enable_webgpu_graph": bool, "use_webgpu_fp32": bool, "use_cuda_bf16": bool, "num_hidden_layers": int,
+}
+#: Options of this module (not the builder's): `int8_nodes` lists MatMul nodes (e.g. "/lm_head/MatMul") kept
+#: out of int4 by the builder and then quantized to 8-bit MatMulNBits (onnxruntime's MatMulNBitsQuantizer,
+#: bits=8, the build's block size / symmetry / accuracy level): the builder itself only offers fp32 or int4
+#: per node, except through whole int4_algo_config presets.
+OWN_OPTIONS = ("int8_nodes",)
+#: Builder options this module sets itself (a folder genai generates text from, offline, no remote code).
+MANAGED_OPTIONS = ("adapter_path", "filename", "config_only", "exclude_embeds", "exclude_lm_head", "hf_token",
+                   "hf_remote")
+#: Best int4 cpu option set measured on SmolLM2-135M (MEASURED); `build_genai` uses it for int4 on cpu
+#: when the caller passes no int4 options.
+DEFAULT_INT4_OPTIONS: dict[str, Any] = {}
+#: option set -> (tokens/s, perplexity, MB) measured on SmolLM2-135M; filled in from the measurement run.
+MEASURED: dict[str, tuple[float, float, float]] = {}
+ADAPTERS_FILE = "adapters.json"
+_LORA_INPUT = re.compile(r"^model\.layers\.(\d+)\.(attn|mlp)\.(\w+)\.lora_([AB])\.MatMul\.weight$")
+_BUILDER_GROUP = {"q_proj": "attn", "k_proj": "attn", "v_proj": "attn", "o_proj": "attn",
+                  "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
+
+
+# --- building -------------------------------------------------------------------------------------------
+
+
+def check_options(options: dict[str, Any]) -> list[str]:
+    """The builder options as `KEY=VALUE` strings (this module's own options are checked, not passed);
+    PassError listing the valid names for unknown ones."""
+    args = []
+    for key, value in options.items():
+        if key in MANAGED_OPTIONS:
+            raise PassError(f"genai option {key!r} is set by the export itself and cannot be given")
+        kind = list if key in OWN_OPTIONS else BUILDER_OPTIONS.get(key)
+        if kind is None:
+            raise PassError(f"unknown genai builder option {key!r}; onnxruntime-genai {BUILDER_VERSION} accepts: "
+                            + ", ".join(sorted(BUILDER_OPTIONS)) + f" (and this module's {', '.join(OWN_OPTIONS)})")
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise PassError(f"genai option {key!r} takes true or false, not {value!r}")
+            text = "true" if value else "false"
+        elif kind is int:
+            if not isinstance(value, int) or value < 1:
+                raise PassError(f"genai option {key!r} takes a positive integer, not {value!r}")
+            text = str(value)
+        elif kind is list:
+            sep = "/" if key == "int4_op_types_to_quantize" else ","  # how the builder splits the list
+            items = [value] if isinstance(value, str) else list(value)
+            if not items or not all(isinstance(v, str) and v and not re.search(rf"[\s={sep}]", v) for v in items):
+                raise PassError(f"genai option {key!r} takes a list of names (without spaces, '=' or {sep!r}), "
+                                f"not {value!r}")
+            text = sep.join(items)
+        else:
+            if value not in kind:
+                raise PassError(f"genai option {key!r} takes one of {', '.join(map(str, kind))}, not {value!r}")
+            text = str(value)
+        if key not in OWN_OPTIONS:
+            args.append(f"{key}={text}")
+    return args
+
+
+def check_precision(precision: str, execution_provider: str) -> None:
+    """PassError before building when the builder cannot make `precision` for `execution_provider`."""
+    if precision == "int8":
+        raise PassError(f"onnxruntime-genai {BUILDER_VERSION}'s builder has no int8 precision (it makes fp32, fp16, "
+                        "bf16 and int4); use int4 with int4_algo_config rtn_last / k_quant_last (int8 lm_head) or "
+                        "k_quant_mixed (int8 for sensitive layers)")
+    if precision not in SUPPORTED:
+        raise PassError(f"unknown precision {precision!r}; the genai builder makes {', '.join(SUPPORTED)}")
+    if execution_provider not in SUPPORTED[precision]:
+        can = [p for p, eps in SUPPORTED.items() if execution_provider in eps]
+        raise PassError(f"the genai builder does not make {precision} models for {execution_provider!r}"
+                        + (f"; for {execution_provider} use {' or '.join(can)}" if can else
+                           f"; it targets {', '.join(sorted({e for v in SUPPORTED.values() for e in v}))}"))
+
+
+def build_genai(model_dir: Path, out_dir: Path, precision: str, execution_provider: str, options: dict[str, Any],
+                threads: int | None, log: Callable[[str], None], *, adapter_path: Path | None = None) -> dict[str, Any]:
+    """Run the genai builder on a Hugging Face causal-LM folder into `out_dir`; return facts about the result."""
+    check_precision(precision, execution_provider)
+    options = dict(options)
+    if precision == "int4" and execution_provider == "cpu" and not any(k.startswith("int4_") for k in options):
+        options = {**DEFAULT_INT4_OPTIONS, **options}
+    check_options(options)
+    int8_nodes = list(options.get("int8_nodes", []))
+    if int8_nodes and precision != "int4":
+        raise PassError("`int8_nodes` applies to int4 builds (the other nodes are int4); remove it or use int4")
+    builder_options = {k: v for k, v in options.items() if k not in OWN_OPTIONS}
+    if int8_nodes:
+        builder_options["int4_nodes_to_exclude"] = list(builder_options.get("int4_nodes_to_exclude", [])) + int8_nodes
+        if "/lm_head/MatMul" in int8_nodes:  # a float lm_head shared with the embedding would not run (notes)
+            builder_options.setdefault("shared_embeddings", False)
+    extra = check_options(builder_options)
+    if adapter_path is not None:
+        extra.append(f"adapter_path={adapter_path}")
+    extra += ["hf_remote=false", "hf_token=false"]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="genai-builder-") as scratch:
+        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(Path(model_dir).resolve()),
+               "-o", str(out_dir.resolve()), "-p", precision, "-e", execution_provider, "-c",
+               str(Path(scratch) / "cache"), "--extra_options", *extra]
+        log(f"genai builder: {precision} for {execution_provider}, options {options or 'defaults'}")
+        _run_builder(cmd, scratch, log)
+    if not (out_dir / "genai_config.json").is_file() or not (out_dir / "model.onnx").is_file():
+        raise PassError(f"the genai builder ended without writing genai_config.json and model.onnx into {out_dir}")
+    if int8_nodes:
+        _quantize_int8(out_dir, int8_nodes, builder_options, log)
+    set_threads(out_dir, threads)
+    files = {p.name: p.stat().st_size for p in sorted(out_dir.iterdir()) if p.is_file()}
+    return {"builder": f"onnxruntime-genai {_version()}", "precision": precision, "execution_provider": execution_provider,
+            "options": options, "intra_op_num_threads": threads, "files": files,
+            "model_bytes": sum(s for n, s in files.items() if n.startswith("model.onnx"))}
+
+
+def _quantize_int8(genai_dir: Path, nodes: list[str], options: dict[str, Any], log: Callable[[str], None]) -> None:
+    """Quantize the float MatMul `nodes` of model.onnx to 8-bit MatMulNBits in place."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    model = onnx.load(str(genai_dir / "model.onnx"))
+    names = {n.name for n in model.graph.node if n.op_type == "MatMul"}
+    missing = sorted(set(nodes) - names)
+    if missing:
+        raise PassError(f"int8_nodes {', '.join(missing)} are not float MatMul nodes of the built model "
+                        f"(MatMul nodes look like {', '.join(sorted(names)[:3])})")
+    quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=int(options.get("int4_block_size", 32)),
+                                     is_symmetric=bool(options.get("int4_is_symmetric", True)),
+                                     accuracy_level=int(options.get("int4_accuracy_level", 4)), nodes_to_include=nodes)
+    quantizer.process()
+    with tempfile.TemporaryDirectory(dir=genai_dir) as tmp:
+        onnx.save_model(quantizer.model.model, str(Path(tmp) / "model.onnx"), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=1024)
+        for item in Path(tmp).iterdir():
+            os.replace(item, genai_dir / item.name)
+    log(f"quantized {len(nodes)} node(s) to 8 bits: {', '.join(nodes)}")
+
+
+def _run_builder(cmd: list[str], cwd: str, log: Callable[[str], None]) -> None:
+    tail: deque[str] = deque(maxlen=25)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            errors="replace")
+    assert proc.stdout is not None
+    for raw in proc.stdout:
+        for line in raw.replace("\r", "\n").splitlines():
+            line = line.rstrip()
+            if not line or "%|" in line or "it/s]" in line:  # progress bars: noise in a log
+                continue
+            tail.append(line)
+            log(f"builder: {line}")
+    if proc.wait() != 0:
+        raise PassError(f"the genai builder failed (exit {proc.returncode}); its last lines:\n" + "\n".join(tail))
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("onnxruntime-genai")
+
+
+def set_threads(genai_dir: Path, threads: int | None) -> None:
+    """Write intra_op_num_threads (and one inter-op thread) into genai_config.json's session options."""
+    if not threads:
+        return
+    path = Path(genai_dir) / "genai_config.json"
+    config = json.loads(path.read_text())
+    session = config["model"]["decoder"].setdefault("session_options", {})
+    session.update(intra_op_num_threads=int(threads), inter_op_num_threads=1)
+    path.write_text(json.dumps(config, indent=4) + "\n")
+
+
+# --- running --------------------------------------------------------------------------------------------
+
+
+class GenaiSession:
+    """An onnxruntime-genai folder loaded once: `og.Model`, its adapters (adapters.json) and its tokenizer."""
+
+    def __init__(self, source: Any) -> None:
+        """`source`: a genai folder, or an `og.Model` already loaded (then without adapters or tokenizer)."""
+        import onnxruntime_genai as og
+
+        self.og = og
+        if isinstance(source, (str, Path)):
+            self.folder: Path | None = Path(source)
+            self.model = og.Model(str(self.folder))
+            manifest = self.folder / ADAPTERS_FILE
+            self.adapter_files: dict[str, str] = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        else:
+            self.folder, self.model, self.adapter_files = None, source, {}
+        self.adapters = None
+        if self.adapter_files:
+            self.adapters = og.Adapters(self.model)
+            for name, file in self.adapter_files.items():
+                self.adapters.load(str(self.folder / file), name)  # type: ignore[operator]
+        self._tokenizer = None
+
+    @property
+    def tokenizer(self) -> Any:
+        """The folder's tokenizer through transformers (the ids every runtime is scored on)."""
+        if self._tokenizer is None:
+            if self.folder is None:
+                raise PassError("a GenaiSession made from an og.Model has no tokenizer folder")
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.folder)
+        return self._tokenizer
+
+    def generator(self, max_length: int, *, exact: bool = False, adapter: str | None = None) -> Any:
+        """A greedy generator; `exact` makes EOS unable to end it before `max_length` tokens in all."""
+        og = self.og
+        params = og.GeneratorParams(self.model)
+        params.set_search_options(do_sample=False, max_length=max_length, **({"min_length": max_length} if exact else {}))
+        gen = og.Generator(self.model, params)
+        if adapter is not None:
+            if adapter not in self.adapter_files:
+                raise PassError(f"no adapter {adapter!r} in {self.folder} (it has {', '.join(self.adapter_files) or 'none'})")
+            gen.set_active_adapter(self.adapters, adapter)
+        return gen
+
+
+def _session(model: Any) -> GenaiSession:
+    return model if isinstance(model, GenaiSession) else GenaiSession(model)
+
+
+def prompt_ids(tokenizer: Any, prompt: str, system_prompt: str | None = None) -> list[int]:
+    """The token ids a model is asked: the chat template (with the system prompt) when the tokenizer has one."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + \
+            [{"role": "user", "content": prompt}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(prompt)["input_ids"]
+
+
+def encode_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]], system_prompt: str | None = None) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, response ids) per (instruction, response): the response is what the template writes after
+    the generation prompt (with its end-of-turn), or the response + EOS without a template."""
+    out = []
+    for prompt, response in pairs:
+        p = prompt_ids(tokenizer, prompt, system_prompt)
+        if getattr(tokenizer, "chat_template", None):
+            messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + \
+                [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+            head = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+            full = tokenizer.apply_chat_template(messages, tokenize=False)
+            r = tokenizer(full[len(head):], add_special_tokens=False)["input_ids"]
+        else:
+            r = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        out.append((p, r))
+    return out
+
+
+def response_logits(model: Any, prompt: list[int], response: list[int], *, adapter: str | None = None) -> Any:
+    """float32 logits [len(response), vocab]: row i predicts response[i] (the prompt as context)."""
+    import numpy as np
+
+    if not prompt:
+        raise PassError("a prompt needs at least one token (the first response token is predicted from it)")
+    model = _session(model)
+    gen = model.generator(len(prompt) + len(response) + 1, exact=True, adapter=adapter)
+    gen.append_tokens(prompt)
+    rows = [np.asarray(gen.get_output("logits"))[0, -1]]
+    if len(response) > 1:
+        gen.append_tokens(response[:-1])
+        chunk = np.asarray(gen.get_output("logits"))[0]
+        if chunk.shape[0] == len(response) - 1:
+            rows.extend(chunk)
+        else:  # prune_lm_head: only the last position has logits; rebuild and feed one token at a time
+            gen = model.generator(len(prompt) + len(response) + 1, exact=True, adapter=adapter)
+            gen.append_tokens(prompt)
+            rows = [np.asarray(gen.get_output("logits"))[0, -1]]
+            for token in response[:-1]:
+                gen.append_tokens([token])
+                rows.append(np.asarray(gen.get_output("logits"))[0, -1])
+    return np.stack(rows).astype(np.float32)
+
+
+def sequence_nll(model: Any, prompt: list[int], response: list[int], *, adapter: str | None = None) -> float:
+    """Summed negative log-likelihood of `response` after `prompt` (a GenaiSession, og.Model or folder)."""
+    import numpy as np
+
+    logits = response_logits(_session(model), prompt, response, adapter=adapter).astype(np.float64)
+    top = logits.max(axis=1, keepdims=True)
+    logz = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+    return float((logz - logits[np.arange(len(response)), response]).sum())
+
+
+def perplexity_genai(genai_dir: Any, examples: Sequence[tuple[list[int], list[int]]], *, adapter: str | None = None) -> float:
+    """exp(mean NLL over all response tokens) of (prompt ids, response ids) pairs through onnxruntime-genai."""
+    session = _session(genai_dir)
+    total = sum(sequence_nll(session, p, r, adapter=adapter) for p, r in examples)
+    return math.exp(total / sum(len(r) for _, r in examples))
+
+
+def perplexity_torch(model: Any, tokenizer: Any, examples: Sequence[tuple[list[int], list[int]]]) -> float:
+    """The same perplexity through a transformers/PEFT model (labels -100 on the prompt, summed token losses)."""
+    import torch
+
+    total, count = 0.0, 0
+    for p, r in examples:
+        ids = torch.tensor([p + r])
+        labels = torch.tensor([[-100] * len(p) + r])
+        with torch.inference_mode():
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
+        loss = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=-100, reduction="sum")
+        total, count = total + float(loss), count + len(r)
+    return math.exp(total / count)
+
+
+def generate_genai(genai_dir: Any, prompt: str, max_new_tokens: int, adapter: str | None = None,
+                   system_prompt: str | None = None) -> str:
+    """A greedy answer (chat template applied when the tokenizer has one), stopping at EOS."""
+    session = _session(genai_dir)
+    ids = prompt_ids(session.tokenizer, prompt, system_prompt)
+    gen = session.generator(len(ids) + max_new_tokens, adapter=adapter)
+    gen.append_tokens(ids)
+    while not gen.is_done():
+        gen.generate_next_token()
+    return session.tokenizer.decode(list(gen.get_sequence(0))[len(ids):], skip_special_tokens=True).strip()
+
+
+generate = generate_genai
+
+
+def smoke_test(genai_dir: Path, prompt: str, adapter: str | None = None, max_new_tokens: int = 24) -> str:
+    """Load the folder with onnxruntime-genai and answer `prompt` (PassError when it cannot run)."""
+    try:
+        return generate_genai(genai_dir, prompt, max_new_tokens, adapter=adapter)
+    except PassError:
+        raise
+    except Exception as exc:  # onnxruntime-genai raises RuntimeError with the session's message
+        raise PassError(f"onnxruntime-genai cannot run the exported folder {genai_dir}: {exc}") from exc
+
+
+def generate_torch(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int, system_prompt: str | None = None) -> str:
+    """The same greedy answer through a transformers model."""
+    ids = prompt_ids(tokenizer, prompt, system_prompt)
+    return tokenizer.decode(_torch_generate(model, tokenizer, ids, max_new_tokens, exact=False), skip_special_tokens=True).strip()
+
+
+def _torch_generate(model: Any, tokenizer: Any, ids: list[int], n: int, exact: bool, streamer: Any = None) -> list[int]:
+    import torch
+
+    x = torch.tensor([ids])
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    with torch.inference_mode():
+        out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False,
+                             pad_token_id=pad, streamer=streamer, **({"min_new_tokens": n} if exact else {}))
+    return out[0, len(ids):].tolist()
+
+
+# --- decode speed ---------------------------------------------------------------------------------------
+
+
+def timed_genai(session: GenaiSession, ids: list[int], n: int, adapter: str | None = None) -> tuple[float, float]:
+    """(seconds to the first token, seconds for all n tokens) of one greedy genai generation of exactly n tokens."""
+    start = time.perf_counter()
+    gen = session.generator(len(ids) + n, exact=True, adapter=adapter)
+    gen.append_tokens(ids)
+    gen.generate_next_token()
+    first, count = time.perf_counter() - start, 1
+    while not gen.is_done():
+        gen.generate_next_token()
+        count += 1
+    total = time.perf_counter() - start
+    if count != n:
+        raise PassError(f"genai decoded {count} tokens instead of {n}")
+    return first, total
+
+
+class _FirstToken:
+    """A transformers streamer noting when the first new token arrives (its 2nd `put`; the 1st is the prompt)."""
+
+    def __init__(self, start: float) -> None:
+        self.start, self.seconds, self.calls = start, None, 0
+
+    def put(self, value: Any) -> None:
+        self.calls += 1
+        if self.calls == 2:
+            self.seconds = time.perf_counter() - self.start
+
+    def end(self) -> None:
+        pass
+
+
+def timed_torch(model: Any, tokenizer: Any, ids: list[int], n: int) -> tuple[float, float]:
+    """(seconds to the first token, seconds for all n tokens) of one greedy transformers generation."""
+    start = time.perf_counter()
+    clock = _FirstToken(start)
+    got = _torch_generate(model, tokenizer, ids, n, exact=True, streamer=clock)
+    total = time.perf_counter() - start
+    if len(got) != n:
+        raise PassError(f"transformers decoded {len(got)} tokens instead of {n}")
+    return clock.seconds or total, total
+
+
+def speed_summary(runs: Sequence[tuple[float, float]], n: int) -> dict[str, Any]:
+    """Medians of (first, total) runs: tokens/s after the first token, time to first token in ms."""
+    rates = sorted((n - 1) / (total - first) for first, total in runs if total > first)
+    firsts = sorted(first for first, _ in runs)
+    return {"tokens_per_second": _median(rates), "time_to_first_token_ms": _median(firsts) * 1000,
+            "new_tokens": n, "runs": len(runs)}
+
+
+def _median(values: Sequence[float]) -> float:
+    values, mid = sorted(values), len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def _speed(timer: Callable[[list[int]], tuple[float, float]], prompts: Sequence[list[int]], n: int, warmup: int,
+           repeats: int) -> dict[str, Any]:
+    for _ in range(warmup):
+        timer(prompts[0])
+    runs = [timer(p) for _ in range(repeats) for p in prompts]
+    return speed_summary(runs, n)
+
+
+def decode_speed_genai(genai_dir: Any, prompts: Sequence[list[int]], max_new_tokens: int, warmup: int = 1,
+                       repeats: int = 3, adapter: str | None = None) -> dict[str, Any]:
+    """Greedy decode speed of a genai folder on token-id prompts: medians over `repeats` rounds of all prompts."""
+    session = _session(genai_dir)
+    return _speed(lambda ids: timed_genai(session, ids, max_new_tokens, adapter), prompts, max_new_tokens, warmup, repeats)
+
+
+def decode_speed_torch(model: Any, tokenizer: Any, prompts: Sequence[list[int]], max_new_tokens: int, warmup: int = 1,
+                       repeats: int = 3) -> dict[str, Any]:
+    """The same measurement through a transformers model (`torch.set_num_threads` is the caller's choice)."""
+    return _speed(lambda ids: timed_torch(model, tokenizer, ids, max_new_tokens), prompts, max_new_tokens, warmup, repeats)
+
+
+# --- multi-LoRA -----------------------------------------------------------------------------------------
+
+
+def _lora_weights(model_dir: Path, adapters: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    """{adapter: {graph input name: float32 array}} as the builder lays LoRA out: A.T [in, r], (B * scaling).T [r, out]."""
+    import torch
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    peft_model = None
+    for name, path in adapters.items():
+        config = json.loads((Path(path) / "adapter_config.json").read_text())
+        if config.get("peft_type") != "LORA" or config.get("use_dora") or config.get("bias", "none") != "none":
+            raise PassError(f"adapter {name!r} is not a plain LoRA adapter (peft_type {config.get('peft_type')}, "
+                            f"use_dora {config.get('use_dora')}, bias {config.get('bias')}): genai adapters are LoRA only")
+        if peft_model is None:
+            peft_model = PeftModel.from_pretrained(base, str(path), adapter_name=name)
+        else:
+            peft_model.load_adapter(str(path), adapter_name=name)
+    weights: dict[str, dict[str, Any]] = {name: {} for name in adapters}
+    for qualified, module in peft_model.named_modules():  # type: ignore[union-attr]
+        if not isinstance(module, LoraLayer):
+            continue
+        found = re.search(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)$", qualified)
+        if not found or found.group(2) not in _BUILDER_GROUP:
+            raise PassError(f"LoRA on {qualified!r}: the genai builder names LoRA weights only for the attention and "
+                            f"MLP projections ({', '.join(_BUILDER_GROUP)})")
+        layer, proj = found.groups()
+        stem = f"model.layers.{layer}.{_BUILDER_GROUP[proj]}.{proj}"
+        for name in adapters:
+            if name in module.lora_A:
+                a = module.lora_A[name].weight.detach().float()
+                b = module.lora_B[name].weight.detach().float() * module.scaling[name]
+                weights[name][f"{stem}.lora_A.MatMul.weight"] = a.T.contiguous().numpy()
+                weights[name][f"{stem}.lora_B.MatMul.weight"] = b.T.contiguous().numpy()
+    return weights
+
+
+def _lora_node(input_name: str) -> str:
+    """The builder's node name that consumes a LoRA weight (for int4_nodes_to_exclude)."""
+    layer, group, proj, which = _LORA_INPUT.match(input_name).groups()  # type: ignore[union-attr]
+    return f"/model/layers.{layer}/{group}/{proj}/lora_{which}/MatMul"
+
+
+def _make_lora_inputs(genai_dir: Path) -> dict[str, tuple[list[int], str]]:
+    """Turn the LoRA weight initializers of model.onnx into optional inputs (default: rank 0, i.e. no adapter).
+
+    Returns {input name: (shape with -1 for the rank, numpy dtype name)}."""
+    import numpy as np
+    import onnx_ir as ir
+
+    path = genai_dir / "model.onnx"
+    model = ir.load(str(path))
+    ir.external_data.load_to_model(model)
+    found: dict[str, tuple[list[int], str]] = {}
+    for name, value in list(model.graph.initializers.items()):
+        if not _LORA_INPUT.match(name):
+            if ".lora_" in name:
+                raise PassError(f"LoRA weight {name!r} was quantized or renamed by the builder; keep LoRA nodes "
+                                "out of int4 (int4_nodes_to_exclude) and use the default int4_algo_config")
+            continue
+        rows, cols = value.const_value.shape  # type: ignore[union-attr]
+        dtype = value.const_value.dtype.numpy()  # type: ignore[union-attr]
+        is_a = ".lora_A." in name
+        empty = np.zeros((rows, 0) if is_a else (0, cols), dtype=dtype)
+        value.const_value = ir.tensor(empty, name=name)
+        value.shape = ir.Shape([rows, "lora_r"] if is_a else ["lora_r", cols])
+        model.graph.inputs.append(value)
+        found[name] = ([rows, -1] if is_a else [-1, cols], np.dtype(dtype).name)
+    if not found:
+        raise PassError("the builder wrote no LoRA weights into model.onnx; check that the adapters target "
+                        "attention/MLP projections of the model")
+    with tempfile.TemporaryDirectory(dir=genai_dir) as tmp:
+        ir.save(model, str(Path(tmp) / "model.onnx"), external_data="model.onnx.data", size_threshold_bytes=1024)
+        for item in Path(tmp).iterdir():
+            os.replace(item, genai_dir / item.name)
+    return found
+
+
+def export_adapters(model_dir: Path, adapters: dict[str, Path], out_dir: Path, *, precision: str,
+                    execution_provider: str, options: dict[str, Any], threads: int | None,
+                    log: Callable[[str], None]) -> dict[str, Any]:
+    """Build the base once with LoRA inputs and write `<name>.onnx_adapter` per PEFT adapter (+ adapters.json)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    if not adapters:
+        raise PassError("export_adapters needs at least one adapter")
+    for name in adapters:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise PassError(f"adapter name {name!r}: use letters, digits, '_', '-' or '.' (it names a file)")
+    out_dir = Path(out_dir)
+    check_precision(precision, execution_provider)
+    log(f"reading {len(adapters)} LoRA adapter(s): {', '.join(adapters)}")
+    weights = _lora_weights(Path(model_dir), adapters)
+    widest = max(adapters, key=lambda n: len(weights[n]))
+    options = dict(options)
+    if precision == "int4":  # the LoRA MatMuls stay float: their weights are swapped at run time
+        lora_nodes = sorted({_lora_node(k) for k in weights[widest]})
+        options["int4_nodes_to_exclude"] = list(options.get("int4_nodes_to_exclude", [])) + lora_nodes
+        if not any(k.startswith("int4_") and k != "int4_nodes_to_exclude" for k in options):
+            options = {**DEFAULT_INT4_OPTIONS, **options} if execution_provider == "cpu" else options
+    facts = build_genai(model_dir, out_dir, precision, execution_provider, options, threads, log,
+                        adapter_path=adapters[widest])
+    inputs = _make_lora_inputs(out_dir)
+    manifest, described = {}, {}
+    for name, params in weights.items():
+        extra = sorted(set(params) - set(inputs))
+        if extra:
+            raise PassError(f"adapter {name!r} adapts modules the base was not built with ({', '.join(extra[:4])}...): "
+                            f"export adapters that target the same modules (or a subset of {widest!r}'s)")
+        fmt = ort.AdapterFormat()
+        fmt.set_adapter_version(1)
+        fmt.set_model_version(1)
+        # OrtValue borrows the numpy buffer: keep the arrays alive until the file is written
+        arrays = {k: np.ascontiguousarray(v, dtype=inputs[k][1]) for k, v in params.items()}
+        fmt.set_parameters({k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in arrays.items()})
+        file = f"{name}.onnx_adapter"
+        fmt.export_adapter(str(out_dir / file))
+        manifest[name] = file
+        ranks = sorted({v.shape[1] for k, v in params.items() if ".lora_A." in k})
+        described[name] = {"file": file, "bytes": (out_dir / file).stat().st_size, "parameters": len(params),
+                           "rank": ranks[0] if len(ranks) == 1 else ranks}
+        log(f"adapter {name}: {len(params) // 2} LoRA modules, rank {described[name]['rank']} -> {file}")
+    (out_dir / ADAPTERS_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    facts["files"] = {p.name: p.stat().st_size for p in sorted(out_dir.iterdir()) if p.is_file()}
+    facts["model_bytes"] = sum(s for n, s in facts["files"].items() if n.startswith("model.onnx"))
+    return {**facts, "adapters": described, "lora_inputs": len(inputs)}

@@ -1,0 +1,203 @@
+"""passes/_genai.py on a tiny random Llama built here: the genai builder, multi-LoRA, perplexity, speed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from passes import _genai as G
+from passes.base import PassError
+
+WORDS = ("the a cat dog sat on mat ran to park what is your name my it sunny today hello how are you fine thanks "
+         "where do live in city green blue sky sea big small red").split()
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant {% endif %}")
+PAIRS = [("what is your name", "my name is cat"), ("how are you", "fine thanks"),
+         ("where do you live", "in a big city"), ("is it sunny today", "the sky is blue")]
+
+
+def _tokenizer(folder: Path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<|im_start|>", "<|im_end|>", "system", "user", "assistant"]
+    vocab = {t: i for i, t in enumerate(specials + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<|im_start|>",
+                                   eos_token="<|im_end|>", pad_token="<|im_end|>")
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(folder)
+    return fast
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory) -> Path:
+    """A random 2-layer Llama (hidden 64, 4 heads, 2 KV heads, vocab 320) with a word-level chat tokenizer."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tok = _tokenizer(folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         initializer_range=0.1, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+    LlamaForCausalLM(config).eval().save_pretrained(folder)
+    GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                     pad_token_id=tok.pad_token_id).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def lora_adapters(tiny_llama, tmp_path_factory) -> dict[str, Path]:
+    """Two different LoRA adapters (ranks 4 and 8, random non-zero lora_B); the second adapts fewer modules."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    out = {}
+    for seed, (name, rank, targets) in enumerate([("chat", 4, ["q_proj", "v_proj", "down_proj"]),
+                                                  ("terse", 8, ["q_proj", "v_proj"])]):
+        torch.manual_seed(seed + 1)
+        base = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+        model = get_peft_model(base, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets,
+                                                lora_dropout=0.0, task_type="CAUSAL_LM"))
+        with torch.no_grad():
+            for pname, p in model.named_parameters():
+                if "lora_B" in pname:
+                    p.copy_(torch.randn_like(p) * 0.3)
+        folder = tmp_path_factory.mktemp(f"adapter-{name}")
+        model.save_pretrained(folder)
+        out[name] = folder
+    return out
+
+
+@pytest.fixture(scope="module")
+def fp32_genai(tiny_llama, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("genai-fp32")
+    facts = G.build_genai(tiny_llama, out, "fp32", "cpu", {}, 2, lambda line: None)
+    return out, facts
+
+
+def _torch(folder: Path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(folder)
+
+
+def _examples(tokenizer):
+    return G.encode_pairs(tokenizer, PAIRS, "you are fine")
+
+
+def test_unknown_option_lists_the_valid_ones():
+    with pytest.raises(PassError, match="int4_block_size.*int4_is_symmetric"):
+        G.check_options({"int4_blocksize": 32})
+    with pytest.raises(PassError, match="set by the export itself"):
+        G.check_options({"adapter_path": "x"})
+    with pytest.raises(PassError, match="one of 16, 32"):
+        G.check_options({"int4_block_size": 48})
+    assert G.check_options({"int4_is_symmetric": False, "int4_nodes_to_exclude": ["/lm_head/MatMul", "/a/MatMul"],
+                            "int4_op_types_to_quantize": ["MatMul", "Gather"]}) == [
+        "int4_is_symmetric=false", "int4_nodes_to_exclude=/lm_head/MatMul,/a/MatMul",
+        "int4_op_types_to_quantize=MatMul/Gather"]
+
+
+def test_precision_the_provider_cannot_run_fails_before_building(tmp_path):
+    for precision, provider, message in [("fp16", "cpu", "for cpu use fp32 or int4"), ("int8", "cpu", "no int8"),
+                                         ("fp32", "dml", "for dml use fp16 or int4"), ("int3", "cpu", "unknown")]:
+        with pytest.raises(PassError, match=message):
+            G.build_genai(tmp_path, tmp_path / "out", precision, provider, {}, None, print)
+    assert not (tmp_path / "out").exists()
+
+
+def test_builder_failure_raises_with_its_last_lines(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["NoSuchForCausalLM"], "model_type": "gpt2"}))
+    with pytest.raises(PassError, match="(?s)builder failed.*not currently supported"):
+        G.build_genai(tmp_path, tmp_path / "out", "fp32", "cpu", {}, None, lambda line: None)
+
+
+def test_fp32_build_matches_pytorch(tiny_llama, fp32_genai):
+    import numpy as np
+    import torch
+
+    out, facts = fp32_genai
+    config = json.loads((out / "genai_config.json").read_text())
+    assert config["model"]["decoder"]["session_options"]["intra_op_num_threads"] == 2
+    assert facts["model_bytes"] > 0 and "model.onnx" in facts["files"] and facts["builder"].startswith("onnxruntime-genai")
+    model, tok = _torch(tiny_llama)
+    examples = _examples(tok)
+    p, r = examples[0]
+    with torch.no_grad():
+        ref = model(torch.tensor([p + r])).logits[0, len(p) - 1:-1].numpy()
+    np.testing.assert_allclose(G.response_logits(out, p, r), ref, atol=1e-4)
+    ppl_genai, ppl_torch = G.perplexity_genai(out, examples), G.perplexity_torch(model, tok, examples)
+    assert ppl_genai == pytest.approx(ppl_torch, rel=0.01)
+    assert G.generate_genai(out, PAIRS[0][0], 8, system_prompt="you are fine") == \
+        G.generate_torch(model, tok, PAIRS[0][0], 8, system_prompt="you are fine")
+
+
+def test_pruned_lm_head_scores_token_by_token(tiny_llama, tmp_path):
+    out = tmp_path / "pruned"
+    G.build_genai(tiny_llama, out, "fp32", "cpu", {"prune_lm_head": True}, None, lambda line: None)
+    model, tok = _torch(tiny_llama)
+    examples = _examples(tok)
+    assert G.perplexity_genai(out, examples) == pytest.approx(G.perplexity_torch(model, tok, examples), rel=0.01)
+
+
+def test_decode_speed_counts_exactly_the_new_tokens(tiny_llama, fp32_genai):
+    out, _ = fp32_genai
+    model, tok = _torch(tiny_llama)
+    prompts = [G.prompt_ids(tok, p) for p, _ in PAIRS[:2]]
+    for result in (G.decode_speed_genai(out, prompts, 12, warmup=1, repeats=2),
+                   G.decode_speed_torch(model, tok, prompts, 12, warmup=1, repeats=2)):
+        assert result["new_tokens"] == 12 and result["runs"] == 4
+        assert result["tokens_per_second"] > 0 and result["time_to_first_token_ms"] > 0
+
+
+def _peft_logits(base_dir: Path, adapter_dir: Path | None, ids: list[int]):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    if adapter_dir is not None:
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    with torch.no_grad():
+        return model.eval()(torch.tensor([ids])).logits[0, :-1].numpy()  # row i predicts ids[i + 1]
+
+
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("int4", marks=pytest.mark.slow)])
+def test_adapters_switch_and_match_peft(tiny_llama, lora_adapters, tmp_path, precision):
+    import numpy as np
+
+    out = tmp_path / "multi"
+    facts = G.export_adapters(tiny_llama, lora_adapters, out, precision=precision, execution_provider="cpu",
+                              options={}, threads=2, log=lambda line: None)
+    assert json.loads((out / "adapters.json").read_text()) == {"chat": "chat.onnx_adapter", "terse": "terse.onnx_adapter"}
+    assert facts["adapters"]["chat"]["rank"] == 4 and facts["adapters"]["terse"]["rank"] == 8
+    session = G.GenaiSession(out)
+    ids = G.prompt_ids(session.tokenizer, "what is your name")
+    got = {name: G.response_logits(session, ids[:1], ids[1:], adapter=name) for name in (None, "chat", "terse")}
+    ref = {name: _peft_logits(tiny_llama, lora_adapters.get(name), ids) for name in got}
+    if precision == "fp32":
+        atol = 1e-4
+        for name in got:
+            np.testing.assert_allclose(got[name], ref[name], atol=atol)
+    else:  # the int4 base differs from PyTorch; the adapters must add what PEFT adds on top of it
+        atol = 1e-2
+        base_error = np.abs(got[None] - ref[None]).mean()
+        for name in ("chat", "terse"):
+            assert np.abs(got[name] - ref[name]).mean() < 1.5 * base_error
+            delta, want = (got[name] - got[None]).ravel(), (ref[name] - ref[None]).ravel()
+            assert np.corrcoef(delta, want)[0, 1] > 0.9
+    assert np.abs(got["chat"] - got["terse"]).max() > 10 * atol
+    assert np.abs(got["chat"] - got[None]).max() > 10 * atol
+    answers = {name: G.generate(session, "what is your name", 6, adapter=name) for name in ("chat", "terse")}
+    assert all(isinstance(a, str) for a in answers.values())
+    with pytest.raises(PassError, match="no adapter 'other'"):
+        G.generate(session, "hello", 4, adapter="other")
