@@ -10,6 +10,7 @@ of a second); a dtype change or a GGUF file goes through transformers (`from_pre
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ class Model(Pass[ModelConfig]):
     """Bring a pretrained model into the cache as a `save_pretrained` folder, with its task and labels."""
 
     config_class = ModelConfig
-    version = 1
+    version = 2  # 2: GGUF byte-level tokenizers written as GPT-2 style (onnxruntime-genai reads them)
     packages = ("transformers", "safetensors", "gguf")
 
     def run(self, inputs: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
@@ -190,6 +191,9 @@ class Model(Pass[ModelConfig]):
                 model.save_pretrained(str(ctx.out_dir), safe_serialization=True)
                 tokenizer.save_pretrained(str(ctx.out_dir))
                 _drop_gguf_copy(ctx.out_dir)
+                if _fix_gguf_byte_level(ctx.out_dir, gguf_flag(path, "tokenizer.ggml.add_bos_token")):
+                    ctx.log("tokenizer: GGUF byte-level BPE (GPT-2 style) written as such: no byte fallback, "
+                            "no BOS unless the GGUF asks for one")
                 bar.advance(1)
 
 
@@ -228,6 +232,47 @@ def _fix_gguf_special_tokens(tokenizer: Any, config: Any) -> None:
             token = tokenizer.convert_ids_to_tokens(token_id)
             if getattr(tokenizer, f"{attr}_token") != token:
                 setattr(tokenizer, f"{attr}_token", token)
+
+
+def gguf_flag(path: Path, key: str) -> bool | None:
+    """A boolean metadata value of a GGUF file (None when absent)."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(path)).fields.get(key)
+    if field is None or not field.data:
+        return None
+    return bool(field.parts[field.data[0]][0])
+
+
+def _fix_gguf_byte_level(folder: Path, add_bos: bool | None) -> bool:
+    """Rewrite a GGUF byte-level BPE tokenizer as the GPT-2 style tokenizer it is; True when changed.
+
+    transformers 4.57 converts a GGUF `gpt2` vocabulary (SmolLM2, Qwen...) for a llama architecture
+    with the llama converter: ByteLevel pre-tokenization but SentencePiece-style byte fallback, a
+    `▁`-replacing decoder, a BOS prepended to every text whatever the GGUF says, and the Llama tokenizer
+    class. transformers copes, but onnxruntime-genai's tokenizer maps every space-led token to -1, so
+    a genai export could not chat. The fixed files tokenize exactly as before, minus the stray BOS.
+    """
+    tok_file, cfg_file = folder / "tokenizer.json", folder / "tokenizer_config.json"
+    if not tok_file.is_file():
+        return False
+    spec = json.loads(tok_file.read_text())
+    pre = spec.get("pre_tokenizer") or {}
+    parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    model = spec.get("model") or {}
+    if model.get("type") != "BPE" or not model.get("byte_fallback") or not any(p.get("type") == "ByteLevel" for p in parts):
+        return False
+    model["byte_fallback"] = False
+    spec["decoder"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+    if not add_bos:
+        spec["post_processor"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True}
+    tok_file.write_text(json.dumps(spec, ensure_ascii=False, indent=1))
+    config = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
+    config.update(add_bos_token=bool(add_bos), add_eos_token=False, tokenizer_class="PreTrainedTokenizerFast",
+                  model_input_names=["input_ids", "attention_mask"])
+    config.pop("legacy", None)
+    cfg_file.write_text(json.dumps(config, ensure_ascii=False, indent=2))
+    return True
 
 
 def _drop_gguf_copy(folder: Path) -> None:

@@ -168,7 +168,7 @@ def test_infer_task(config, task):
 # --- GGUF ---------------------------------------------------------------------------------------------------
 
 
-def write_tiny_gguf(path: Path, arch: str = "llama") -> None:
+def write_tiny_gguf(path: Path, arch: str = "llama", add_bos: bool | None = None) -> None:
     """A 2-layer llama (hidden 16) with a byte-level BPE tokenizer, written with gguf's GGUFWriter."""
     import gguf
     import numpy as np
@@ -196,6 +196,8 @@ def write_tiny_gguf(path: Path, arch: str = "llama") -> None:
     w.add_eos_token_id(2)
     w.add_pad_token_id(2)
     w.add_unk_token_id(0)
+    if add_bos is not None:
+        w.add_add_bos_token(add_bos)
     rng = np.random.default_rng(0)
 
     def t(*shape):
@@ -226,12 +228,13 @@ class RecordingContext(SimpleContext):
         return handle
 
 
-def test_gguf_is_converted_to_safetensors(tmp_path):
+@pytest.mark.parametrize("add_bos", [None, True])
+def test_gguf_is_converted_to_safetensors(tmp_path, add_bos):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     src = tmp_path / "gguf"
     src.mkdir()
-    write_tiny_gguf(src / "tiny.gguf")
+    write_tiny_gguf(src / "tiny.gguf", add_bos=add_bos)
     ctx = RecordingContext(step="g", out_dir=tmp_path / "out", workflow_dir=tmp_path, quiet=True)
     ctx.out_dir.mkdir()
     meta = Model(ModelConfig(type="model", path=str(src), gguf_file="tiny.gguf")).run({}, ctx)
@@ -245,7 +248,12 @@ def test_gguf_is_converted_to_safetensors(tmp_path):
     tok = AutoTokenizer.from_pretrained(ctx.out_dir)
     assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|im_end|>"  # from the GGUF ids, not the bos
     assert meta["num_parameters"] == sum(p.numel() for p in model.parameters())
-    assert tok("hello").input_ids[:2] == [1, tok.convert_tokens_to_ids("hell")]
+    # a byte-level (GPT-2 style) vocabulary: written without byte fallback, BOS only when the GGUF asks
+    spec = json.loads((ctx.out_dir / "tokenizer.json").read_text())
+    assert spec["model"]["byte_fallback"] is False and spec["decoder"]["type"] == "ByteLevel"
+    bos = [1] if add_bos else []
+    assert tok("hello").input_ids == bos + [tok.convert_tokens_to_ids("hell"), tok.convert_tokens_to_ids("o")]
+    assert tok.decode(tok(" hello hello").input_ids, skip_special_tokens=True) == " hello hello"
     out = model.generate(**tok("hello", return_tensors="pt"), max_new_tokens=3, do_sample=False)
     assert out.shape[1] == len(tok("hello").input_ids) + 3
 
