@@ -1,5 +1,10 @@
 """`quantize`: an ONNX model to int8 (dynamic or static QDQ), int4 weight-only, or fp16.
 
+Without a `method` the step's target decides (`QuantizeConfig.plan`): the model's family (encoder or
+causal LM, from the ONNX folder: `_onnx_utils.model_family`) and the target's device pick dynamic int8,
+int4, fp16 or static QDQ (for NPUs: every quantizable op, uint16 activations for QNN); the choice is
+logged and returned as `choices`.
+
 Every method uses onnxruntime's own tools: `quantize_dynamic`, `quantize_static` with a
 `CalibrationDataReader` over the calibration split (passes/_calibration.py), `MatMulNBitsQuantizer`,
 and `onnxruntime.transformers.float16.convert_float_to_float16` (the converter onnxconverter-common

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field, StringConstraints, field_validator
 from typing_extensions import Annotated
 
