@@ -264,6 +264,39 @@ def encode(tokenizer: Any, inputs: list[tuple[str, str]], texts: list[Any], padd
     return feed
 
 
+def decoder_feed(session: Any, input_ids: list[int]) -> dict[str, Any] | None:
+    """Inputs for one prefill of a decoder graph (empty KV cache), or None when the graph has no KV cache.
+
+    Decoder exports (optimum, the genai builder) take `past_key_values.*` inputs shaped
+    (batch, kv heads, past length, head size) with symbolic batch and length: here 1 and 0.
+    """
+    import numpy as np
+
+    inputs = session.get_inputs()
+    if not any(i.name.startswith(_CACHE_INPUT_PREFIXES) for i in inputs):
+        return None
+    n = len(input_ids)
+    types = {"tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(float)": np.float32,
+             "tensor(float16)": np.float16}
+    feed = {}
+    for i in inputs:
+        dtype = types.get(i.type, np.float32)
+        if i.name == "input_ids":
+            feed[i.name] = np.array([input_ids], dtype=dtype)
+        elif i.name == "attention_mask":
+            feed[i.name] = np.ones((1, n), dtype=dtype)
+        elif i.name == "position_ids":
+            feed[i.name] = np.arange(n, dtype=dtype)[None, :]
+        elif i.name.startswith(_CACHE_INPUT_PREFIXES):
+            shape = [d if isinstance(d, int) else (1 if k == 0 else 0) for k, d in enumerate(i.shape)]
+            feed[i.name] = np.zeros(shape, dtype=dtype)
+        else:
+            from .base import PassError
+
+            raise PassError(f"the decoder graph takes an input this check cannot fill: {i.name}")
+    return feed
+
+
 #: Root-logger notes of the static quantizer about a transformer graph that change nothing a user can act on:
 #: LayerNorm parameters that are not per-channel, biases computed in the graph, the opset raised for 16-bit QDQ.
 _QUANTIZER_NOTES = ("Axis ", "Expected bias", "Bias of Gemm node", "The original model opset version")

@@ -65,3 +65,30 @@ def test_genai_precision_and_provider_follow_the_target():
     pinned = ExportOnnxConfig(type="export_onnx", model="llm", precision="fp32", execution_provider="cpu")
     assert genai_choices(pinned, Target(device="gpu"), lines.append) == ("fp32", "cpu") and not pinned.uses_target
     assert cfg.uses_target and not ExportOnnxConfig(type="export_onnx", model="llm", exporter="optimum").uses_target
+
+
+def test_int4_quantize_of_an_exported_llm(tiny_llama_dir, tmp_path):
+    """quantize int4 on an LLM export: MatMulNBits with the accuracy level asked, companions kept, still decodes."""
+    import onnx
+    import torch
+    from optimum.onnxruntime import ORTModelForCausalLM
+    from transformers import AutoTokenizer
+
+    from passes.quantize import Quantize
+    from schemas.steps import QuantizeConfig
+
+    meta, _ = export(tiny_llama_dir, tmp_path / "fp32", exporter="optimum")
+    src = make_artifact("onnx_model", tmp_path / "fp32", meta, "onnx")
+    out = tmp_path / "int4"
+    out.mkdir()
+    cfg = QuantizeConfig(type="quantize", model="onnx", method="int4", block_size=16, accuracy_level=2)
+    qmeta = Quantize(cfg).run({"model": src}, SimpleContext(step="q", out_dir=out, quiet=True))
+    nodes = [n for n in onnx.load(str(out / "model.onnx")).graph.node if n.op_type == "MatMulNBits"]
+    assert len(nodes) >= 14 and qmeta["size_mb"] < meta["size_mb"]
+    assert all(next(a.i for a in n.attribute if a.name == "accuracy_level") == 2 for n in nodes)
+    assert {"config.json", "tokenizer.json", "generation_config.json"} <= {p.name for p in out.iterdir()}
+    tok = AutoTokenizer.from_pretrained(out)
+    enc = tok("win cash now", return_tensors="pt", return_token_type_ids=False)
+    with torch.no_grad():
+        got = ORTModelForCausalLM.from_pretrained(out, use_cache=True).generate(**enc, max_new_tokens=4, do_sample=False)
+    assert got.shape[1] == enc["input_ids"].shape[1] + 4
