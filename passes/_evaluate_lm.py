@@ -18,8 +18,8 @@ is the baseline.
 from __future__ import annotations
 
 import json
+import math
 import random
-import time
 from pathlib import Path
 from typing import Any
 
@@ -65,94 +65,44 @@ class TorchLM:
         target = torch.tensor(response_ids)
         return float(-logp.gather(1, target[:, None]).sum())
 
-    def _generate(self, prompt_ids: list[int], new_tokens: int, exact: bool, streamer: Any = None) -> list[int]:
-        import torch
-
-        ids = torch.tensor([prompt_ids])
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        extra = {"min_new_tokens": new_tokens} if exact else {}
-        with torch.inference_mode():
-            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                                      do_sample=False, pad_token_id=pad, streamer=streamer, **extra)
-        return out[0, len(prompt_ids):].tolist()
-
     def timed(self, prompt_ids: list[int], new_tokens: int) -> tuple[float, float]:
         """(seconds to the first token, seconds for all `new_tokens`) of one greedy generation."""
-        first = FirstTokenClock()
-        start = time.perf_counter()
-        first.start = start
-        got = self._generate(prompt_ids, new_tokens, exact=True, streamer=first)
-        total = time.perf_counter() - start
-        if len(got) != new_tokens:
-            raise PassError(f"model {self.artifact.step!r} decoded {len(got)} tokens instead of {new_tokens}")
-        return first.seconds or total, total
+        from . import _genai
+
+        return _genai.timed_torch(self.model, self.tokenizer, prompt_ids, new_tokens)
 
     def answer(self, prompt_ids: list[int], max_new_tokens: int) -> str:
-        return self.tokenizer.decode(self._generate(prompt_ids, max_new_tokens, exact=False), skip_special_tokens=True).strip()
+        from . import _genai
 
-
-class FirstTokenClock:
-    """A transformers streamer that notes when the first generated token arrives (its 2nd `put`)."""
-
-    def __init__(self) -> None:
-        self.start = 0.0
-        self.seconds: float | None = None
-        self.calls = 0
-
-    def put(self, value: Any) -> None:
-        self.calls += 1
-        if self.calls == 2 and self.seconds is None:  # the 1st put is the prompt
-            self.seconds = time.perf_counter() - self.start
-
-    def end(self) -> None:
-        pass
+        tokens = _genai._torch_generate(self.model, self.tokenizer, prompt_ids, max_new_tokens, exact=False)
+        return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
 
 
 class GenaiLM:
-    """An onnxruntime-genai folder (genai_config.json), run with onnxruntime-genai."""
+    """An onnxruntime-genai folder (genai_config.json), run with onnxruntime-genai (`_genai.GenaiSession`)."""
 
     def __init__(self, artifact: Artifact) -> None:
-        import onnxruntime_genai as og
-        from transformers import AutoTokenizer
+        from . import _genai
 
         self.artifact, self.folder = artifact, Path(artifact.path)
-        self.og = og
-        self.model = og.Model(str(self.folder))
-        # The same tokenizer files through transformers: every model scores identical token ids.
-        self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
+        self.session = _genai.GenaiSession(self.folder)
+        # The folder's tokenizer through transformers: every model scores identical token ids.
+        self.tokenizer = self.session.tokenizer
         providers = _genai_providers(self.folder)
         self.runtime = f"onnxruntime-genai ({', '.join(providers) or 'cpu'})"
 
     def nll(self, prompt_ids: list[int], response_ids: list[int]) -> float:
         from . import _genai
 
-        return _genai.sequence_nll(self.model, prompt_ids, response_ids)
-
-    def _generator(self, prompt_ids: list[int], new_tokens: int, exact: bool) -> Any:
-        og = self.og
-        params = og.GeneratorParams(self.model)
-        limit = len(prompt_ids) + new_tokens
-        params.set_search_options(do_sample=False, max_length=limit, **({"min_length": limit} if exact else {}))
-        generator = og.Generator(self.model, params)
-        return generator
+        return _genai.sequence_nll(self.session, prompt_ids, response_ids)
 
     def timed(self, prompt_ids: list[int], new_tokens: int) -> tuple[float, float]:
-        start = time.perf_counter()
-        generator = self._generator(prompt_ids, new_tokens, exact=True)
-        generator.append_tokens(prompt_ids)
-        generator.generate_next_token()
-        first = time.perf_counter() - start
-        count = 1
-        while not generator.is_done():
-            generator.generate_next_token()
-            count += 1
-        total = time.perf_counter() - start
-        if count != new_tokens:
-            raise PassError(f"model {self.artifact.step!r} decoded {count} tokens instead of {new_tokens}")
-        return first, total
+        from . import _genai
+
+        return _genai.timed_genai(self.session, prompt_ids, new_tokens)
 
     def answer(self, prompt_ids: list[int], max_new_tokens: int) -> str:
-        generator = self._generator(prompt_ids, max_new_tokens, exact=False)
+        generator = self.session.generator(len(prompt_ids) + max_new_tokens)
         generator.append_tokens(prompt_ids)
         while not generator.is_done():
             generator.generate_next_token()
@@ -226,7 +176,7 @@ def evaluate_lms(cfg: EvaluateConfig, models: list[Artifact], data: Artifact, ct
                 for p_ids, r_ids in encoded:
                     total += runner.nll(p_ids, r_ids)
                     bar.advance(1)
-                results[name].update(perplexity=float(_exp(total / tokens)), perplexity_tokens=tokens,
+                results[name].update(perplexity=math.exp(total / tokens), perplexity_tokens=tokens,
                                      samples=len(encoded))
     if "generate" in cfg.metrics:
         prompts = list(cfg.prompts or [p for p, _ in pairs[: cfg.generate_samples]])
@@ -254,12 +204,6 @@ def evaluate_lms(cfg: EvaluateConfig, models: list[Artifact], data: Artifact, ct
     return {"metrics": results, "baseline": baseline, "summary": summary}
 
 
-def _exp(x: float) -> float:
-    import math
-
-    return math.exp(x)
-
-
 def _time(runners: dict[str, Any], tokenizer: Any, prompt: str, chat: dict[str, Any], cfg: EvaluateConfig, ctx: Any,
           results: dict[str, dict[str, Any]], threads: int) -> dict[str, Any]:
     ids = tokenizer(prompt_text(tokenizer, prompt, chat), add_special_tokens=not chat["chat_template"])["input_ids"]
@@ -281,20 +225,15 @@ def _time(runners: dict[str, Any], tokenizer: Any, prompt: str, chat: dict[str, 
             for name in names:
                 samples[name].append(runners[name].timed(ids, n))
                 bar.advance(1)
+    from ._genai import speed_summary
+
     for name, runs in samples.items():
-        ttft = sorted(first for first, _ in runs)
-        rates = sorted((n - 1) / (total - first) for first, total in runs if total > first)
+        speed = speed_summary(runs, n)
         results[name].update(
-            tokens_per_second=_median(rates), time_to_first_token_ms=_median(ttft) * 1000,
-            new_tokens=n, prompt_tokens=len(ids), generation_runs=len(runs), threads=threads,
+            tokens_per_second=speed["tokens_per_second"], time_to_first_token_ms=speed["time_to_first_token_ms"],
+            new_tokens=n, prompt_tokens=len(ids), generation_runs=speed["runs"], threads=threads,
         )
     return {"schedule": schedule, "runs_s": {k: [list(r) for r in v] for k, v in samples.items()}}
-
-
-def _median(values: list[float]) -> float:
-    values = sorted(values)
-    mid = len(values) // 2
-    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
 def add_lm_comparisons(results: dict[str, dict[str, Any]], baseline: str) -> None:

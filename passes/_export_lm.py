@@ -47,7 +47,13 @@ def export_genai(source: Artifact, adapters: list[Artifact], cfg: ExportOnnxConf
     threads = ctx.target.threads or ou.cpu_cores()
     for adapter in adapters:
         _check_adapter(adapter, source)
-    if adapters:
+    if cfg.builder_defaults:
+        if adapters or cfg.genai_options:
+            raise PassError("`builder_defaults: true` runs the builder with its own settings: remove `genai_options` "
+                            "and `adapters`, or set builder_defaults to false")
+        ctx.log("builder defaults: no tuned int4 options and no thread setting (what Olive's ModelBuilder pass writes)")
+        facts = _genai.build_genai(Path(source.path), ctx.out_dir, precision, provider, {}, None, ctx.log, tuned=False)
+    elif adapters:
         facts = _genai.export_adapters(
             Path(source.path), {a.step: Path(a.path) for a in adapters}, ctx.out_dir,
             precision=precision, execution_provider=provider, options=dict(cfg.genai_options),

@@ -27,8 +27,19 @@ Decode speed: greedy, exactly `max_new_tokens` new tokens (EOS cannot end a run:
 `max_length`, transformers `min_new_tokens`), time to first token = prefill + first token, tokens/s = the
 decode rate after it; medians over runs.
 
-SmolLM2-135M-Instruct, int4 cpu, 2 threads, 100 held-out chatterbot pairs (fp32 perplexity 13.64),
-interleaved medians, one process (see the measurement table at `MEASURED`).
+Measured (SmolLM2-135M-Instruct, cpu, 2 cores; perplexity on 100 chatterbot pairs, every 9th row, chat
+template + short system prompt; greedy 64 tokens, medians of 9 interleaved rounds in 2-5 processes):
+
+| options (int4 unless said)                                   | tokens/s | ppl   | model MB |
+| builder defaults, no thread setting (= Olive's ModelBuilder)  | 129      | 19.44 | 200 |
+| defaults + 2 threads                                          | 178      | 19.44 | 200 |
+| asymmetric + prune_lm_head                                    | 180      | 18.40 | 202 |
+| block 16 (+ asym, + int8 lm_head)                             | 122-136  | 17.61 / 16.44 / 15.86 | 217-236 |
+| rtn_last / k_quant_last                                       |          | 20.74 / 51.1 | 101 / 103 |
+| asym + int8 lm_head + int8 edge layers (0, 1, 28, 29)          | 168      | 16.31 | 219 |
+| DEFAULT_INT4_OPTIONS (asym, int8 "sensitive", prune)          | 172      | 15.45 | 227 |
+| asym + every MatMul int8                                      | 147      | 14.63 | 271 |
+| fp32                                                          | 52       | 14.52 | 540 |
 """
 
 from __future__ import annotations
@@ -65,15 +76,17 @@ BUILDER_OPTIONS: dict[str, Any] = {
 #: out of int4 by the builder and then quantized to 8-bit MatMulNBits (onnxruntime's MatMulNBitsQuantizer,
 #: bits=8, the build's block size / symmetry / accuracy level): the builder itself only offers fp32 or int4
 #: per node, except through whole int4_algo_config presets.
+#: The name "sensitive" in `int8_nodes` stands for lm_head plus the QKV and down projections of the first and
+#: last eighth of the layers and every third layer between (llama.cpp's k_quant_mixed choice of layers).
 OWN_OPTIONS = ("int8_nodes",)
 #: Builder options this module sets itself (a folder genai generates text from, offline, no remote code).
 MANAGED_OPTIONS = ("adapter_path", "filename", "config_only", "exclude_embeds", "exclude_lm_head", "hf_token",
                    "hf_remote")
-#: Best int4 cpu option set measured on SmolLM2-135M (MEASURED); `build_genai` uses it for int4 on cpu
-#: when the caller passes no int4 options.
-DEFAULT_INT4_OPTIONS: dict[str, Any] = {}
-#: option set -> (tokens/s, perplexity, MB) measured on SmolLM2-135M; filled in from the measurement run.
-MEASURED: dict[str, tuple[float, float, float]] = {}
+#: The int4 cpu options with the best tokens/s within 15% of fp32 perplexity on SmolLM2-135M (table above:
+#: 1.33x Olive's decode rate, +6% perplexity vs Olive's +34%); `build_genai` uses them for int4 on cpu when
+#: the caller gives no `int4_*` option.
+DEFAULT_INT4_OPTIONS: dict[str, Any] = {"int4_block_size": 32, "int4_is_symmetric": False, "int4_accuracy_level": 4,
+                                         "int8_nodes": ["sensitive"], "prune_lm_head": True}
 ADAPTERS_FILE = "adapters.json"
 _LORA_INPUT = re.compile(r"^model\.layers\.(\d+)\.(attn|mlp)\.(\w+)\.lora_([AB])\.MatMul\.weight$")
 _BUILDER_GROUP = {"q_proj": "attn", "k_proj": "attn", "v_proj": "attn", "o_proj": "attn",
@@ -134,14 +147,23 @@ def check_precision(precision: str, execution_provider: str) -> None:
 
 
 def build_genai(model_dir: Path, out_dir: Path, precision: str, execution_provider: str, options: dict[str, Any],
-                threads: int | None, log: Callable[[str], None], *, adapter_path: Path | None = None) -> dict[str, Any]:
-    """Run the genai builder on a Hugging Face causal-LM folder into `out_dir`; return facts about the result."""
+                threads: int | None, log: Callable[[str], None], *, adapter_path: Path | None = None,
+                tuned: bool = True) -> dict[str, Any]:
+    """Run the genai builder on a Hugging Face causal-LM folder into `out_dir`; return facts about the result.
+
+    `tuned=False` runs the builder with its own defaults only (no DEFAULT_INT4_OPTIONS, no thread setting):
+    what Olive's ModelBuilder pass writes, for comparisons.
+    """
     check_precision(precision, execution_provider)
     options = dict(options)
-    if precision == "int4" and execution_provider == "cpu" and not any(k.startswith("int4_") for k in options):
+    if not tuned:
+        threads = None
+    elif precision == "int4" and execution_provider == "cpu" and not any(k.startswith("int4_") for k in options):
         options = {**DEFAULT_INT4_OPTIONS, **options}
     check_options(options)
-    int8_nodes = list(options.get("int8_nodes", []))
+    requested = options.get("int8_nodes", [])
+    requested = [requested] if isinstance(requested, str) else list(requested)
+    int8_nodes = _int8_nodes(requested, Path(model_dir))
     if int8_nodes and precision != "int4":
         raise PassError("`int8_nodes` applies to int4 builds (the other nodes are int4); remove it or use int4")
     builder_options = {k: v for k, v in options.items() if k not in OWN_OPTIONS}
@@ -164,7 +186,7 @@ def build_genai(model_dir: Path, out_dir: Path, precision: str, execution_provid
     if not (out_dir / "genai_config.json").is_file() or not (out_dir / "model.onnx").is_file():
         raise PassError(f"the genai builder ended without writing genai_config.json and model.onnx into {out_dir}")
     if int8_nodes:
-        _quantize_int8(out_dir, int8_nodes, builder_options, log)
+        _quantize_int8(out_dir, int8_nodes, [n for n in requested if n != "sensitive"], builder_options, log)
     set_threads(out_dir, threads)
     files = {p.name: p.stat().st_size for p in sorted(out_dir.iterdir()) if p.is_file()}
     return {"builder": f"onnxruntime-genai {_version()}", "precision": precision, "execution_provider": execution_provider,
@@ -172,7 +194,21 @@ def build_genai(model_dir: Path, out_dir: Path, precision: str, execution_provid
             "model_bytes": sum(s for n, s in files.items() if n.startswith("model.onnx"))}
 
 
-def _quantize_int8(genai_dir: Path, nodes: list[str], options: dict[str, Any], log: Callable[[str], None]) -> None:
+def _int8_nodes(names: list[str], model_dir: Path) -> list[str]:
+    """`int8_nodes` with "sensitive" expanded (packed and unpacked QKV names: absent names are skipped later)."""
+    if "sensitive" not in names:
+        return names
+    layers = int(json.loads((model_dir / "config.json").read_text()).get("num_hidden_layers", 0))
+    chosen = [i for i in range(layers) if i < layers / 8 or i >= 7 * layers / 8 or (i - round(layers / 8)) % 3 == 2]
+    out = [n for n in names if n != "sensitive"] + ["/lm_head/MatMul"]
+    for i in chosen:
+        out += [f"/model/layers.{i}/attn/{p}/MatMul" for p in ("qkv_proj", "q_proj", "k_proj", "v_proj")]
+        out.append(f"/model/layers.{i}/mlp/down_proj/MatMul")
+    return list(dict.fromkeys(out))
+
+
+def _quantize_int8(genai_dir: Path, nodes: list[str], explicit: list[str], options: dict[str, Any],
+                   log: Callable[[str], None]) -> None:
     """Quantize the float MatMul `nodes` of model.onnx to 8-bit MatMulNBits in place."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
@@ -180,12 +216,16 @@ def _quantize_int8(genai_dir: Path, nodes: list[str], options: dict[str, Any], l
     model = onnx.load(str(genai_dir / "model.onnx"))
     names = {n.name for n in model.graph.node if n.op_type == "MatMul"}
     missing = sorted(set(nodes) - names)
+    missing = [n for n in missing if n in explicit]  # "sensitive" names both QKV layouts: skip the absent one
+    nodes = [n for n in nodes if n in names]
     if missing:
         raise PassError(f"int8_nodes {', '.join(missing)} are not float MatMul nodes of the built model "
                         f"(MatMul nodes look like {', '.join(sorted(names)[:3])})")
     quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=int(options.get("int4_block_size", 32)),
                                      is_symmetric=bool(options.get("int4_is_symmetric", True)),
-                                     accuracy_level=int(options.get("int4_accuracy_level", 4)), nodes_to_include=nodes)
+                                     accuracy_level=int(options.get("int4_accuracy_level", 4)),
+                                     # nodes_to_include does not restrict (any MatMul is quantized): exclude the rest
+                                     nodes_to_exclude=sorted(names - set(nodes)), op_types_to_quantize=("MatMul",))
     quantizer.process()
     with tempfile.TemporaryDirectory(dir=genai_dir) as tmp:
         onnx.save_model(quantizer.model.model, str(Path(tmp) / "model.onnx"), save_as_external_data=True,

@@ -103,8 +103,9 @@ def build_tiny_llama(folder: Path, tokenizer_dir: Path, hidden: int = 32) -> Pat
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128, bos_token_id=tok.cls_token_id,
-        eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
+        bos_token_id=tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id,
+        eos_token_id=tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id, pad_token_id=tok.pad_token_id,
     )
     LlamaForCausalLM(config).save_pretrained(folder)
     return folder
@@ -114,6 +115,35 @@ def build_tiny_llama(folder: Path, tokenizer_dir: Path, hidden: int = 32) -> Pat
 def tiny_llama_dir(tmp_path_factory, tiny_bert_dir) -> Path:
     """A tiny random Llama (hidden 32, 2 layers) with the tiny BERT tokenizer."""
     return build_tiny_llama(tmp_path_factory.mktemp("tiny_llama"), tiny_bert_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_llama_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama (hidden 64) with a byte-level BPE tokenizer and a chat template (genai tests)."""
+    tokenizer = build_byte_level_tokenizer(tmp_path_factory.mktemp("byte_level_tokenizer"))
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny_chat_llama"), tokenizer, hidden=64)
+
+
+def build_byte_level_tokenizer(folder: Path):
+    """A GPT-2 style byte-level BPE (what Llama-3, Qwen and SmolLM use), trained on the tiny corpus, with a
+    chat template: a tokenizer onnxruntime-genai's own tokenizer reads too (it refuses BERT's WordPiece)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    words = " ".join(_SPAM + _HAM)
+    tok.train_from_iterator([t for t, _ in tiny_corpus(400)] + [words, "say cash home lunch prize please"], trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", unk_token="<|endoftext|>", model_max_length=128)
+    fast.chat_template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    fast.save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -45,10 +45,12 @@ class ExportOnnxConfig(StepConfig):
         description=f"genai: the execution provider the model is built for ({', '.join(GENAI_PROVIDERS)}); "
         "default from the workflow target's device (cpu -> cpu, gpu -> cuda).",
     )
-    genai_options: dict[str, str | int | float | bool] = Field(
+    genai_options: dict[str, str | int | float | bool | list[str]] = Field(
         default_factory=dict,
-        description="genai: extra model-builder options (e.g. int4_block_size, int4_accuracy_level); they override "
-        "the defaults this pass picks for the precision.",
+        description="genai: model-builder options (e.g. int4_block_size, int4_is_symmetric, prune_lm_head), plus "
+        "`int8_nodes` (MatMul nodes kept at 8 bits in an int4 build; `sensitive`: lm_head and the QKV/down projections "
+        "of a third of the layers). Any int4_* option replaces the tuned int4 defaults (asymmetric, block 32, "
+        "accuracy level 4, int8_nodes [sensitive], prune_lm_head).",
     )
     builder_defaults: bool = Field(
         False,

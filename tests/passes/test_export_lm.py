@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,100 @@ def test_int4_quantize_of_an_exported_llm(tiny_llama_dir, tmp_path):
     with torch.no_grad():
         got = ORTModelForCausalLM.from_pretrained(out, use_cache=True).generate(**enc, max_new_tokens=4, do_sample=False)
     assert got.shape[1] == enc["input_ids"].shape[1] + 4
+
+
+# --- onnxruntime-genai -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def genai_fp32(tiny_chat_llama_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("genai")
+    meta, ctx = export(tiny_chat_llama_dir, out, precision="fp32", target=Target(threads=1))
+    return out, meta, ctx
+
+
+def test_genai_export_writes_a_deployable_folder(genai_fp32, tiny_chat_llama_dir):
+    import onnxruntime_genai as og
+
+    folder, meta, ctx = genai_fp32
+    assert (meta["format"], meta["precision"], meta["execution_provider"]) == ("genai", "fp32", "cpu")
+    assert {"genai_config.json", "model.onnx", "tokenizer.json", "inference.py"} <= {p.name for p in folder.iterdir()}
+    config = json.loads((folder / "genai_config.json").read_text())
+    assert config["model"]["decoder"]["session_options"]["intra_op_num_threads"] == 1
+    assert meta["builder"]["builder"].startswith("onnxruntime-genai 0.14") and meta["size_mb"] > 0
+    assert isinstance(meta["check_answer"], str)
+    og.Model(str(folder))  # loads
+
+
+def test_genai_errors_before_building(tiny_chat_llama_dir, tmp_path):
+    with pytest.raises(PassError, match="does not make fp16 models for 'cpu'"):
+        export(tiny_chat_llama_dir, tmp_path / "a", precision="fp16", execution_provider="cpu")
+    with pytest.raises(PassError, match="unknown genai builder option 'int4_blocksize'"):
+        export(tiny_chat_llama_dir, tmp_path / "b", genai_options={"int4_blocksize": 32})
+    with pytest.raises(PassError, match="builder_defaults: true` runs the builder with its own settings"):
+        export(tiny_chat_llama_dir, tmp_path / "c", builder_defaults=True, genai_options={"prune_lm_head": True})
+
+
+@pytest.fixture(scope="module")
+def qa(tmp_path_factory):
+    from datasets import Dataset, DatasetDict
+
+    pairs = [(f"say {w} please {i}", w) for i, w in enumerate(["cash", "home", "lunch", "prize"] * 10)]
+    part = lambda rows: Dataset.from_dict({"prompt": [p for p, _ in rows], "response": [r for _, r in rows]})
+    folder = tmp_path_factory.mktemp("qa")
+    DatasetDict(train=part(pairs[:32]), test=part(pairs[32:])).save_to_disk(str(folder / "data"))
+    return make_artifact("dataset", folder, {"labels": None, "format": "instruction",
+                                             "chat": {"chat_template": False, "system_prompt": None}}, "qa")
+
+
+def test_genai_model_is_evaluated_like_pytorch(genai_fp32, tiny_chat_llama_dir, qa, make_ctx):
+    from passes.evaluate import Evaluate
+    from schemas.steps import EvaluateConfig
+
+    folder, meta, _ = genai_fp32
+    models = [llm(tiny_chat_llama_dir), make_artifact("onnx_model", folder, meta, "genai")]
+    cfg = EvaluateConfig(type="evaluate", models=["llm", "genai"], data="qa", threads=1, max_new_tokens=5,
+                         generation_runs=2, generate_samples=2,
+                         metrics=["perplexity", "generate", "tokens_per_second", "time_to_first_token", "size"])
+    result = Evaluate(cfg).run({"models": models, "data": qa}, make_ctx("report"))["metrics"]
+    assert result["genai"]["runtime"] == "onnxruntime-genai (cpu)"
+    assert result["genai"]["perplexity"] == pytest.approx(result["llm"]["perplexity"], rel=1e-3)
+    assert result["genai"]["tokens_per_second"] > 0 and result["genai"]["size_mb"] > 0
+
+
+def _adapter(tiny_chat_llama_dir, qa, tmp_path, name, **fields):
+    from passes.train import Lora
+    from schemas.steps import LoraConfig
+
+    out = tmp_path / name
+    out.mkdir()
+    cfg = LoraConfig(type="lora", model="llm", data="qa", max_steps=3, batch_size=8, eval_strategy="no",
+                     learning_rate=5e-2, **fields)
+    meta = Lora(cfg).run({"model": llm(tiny_chat_llama_dir), "data": qa}, SimpleContext(name, out, quiet=True))
+    return make_artifact("adapter", out, meta, name)
+
+
+def test_multi_lora_export_switches_adapters_at_run_time(tiny_chat_llama_dir, qa, tmp_path):
+    import subprocess
+    import sys
+
+    from passes import _genai
+
+    a = _adapter(tiny_chat_llama_dir, qa, tmp_path, "tune_a", r=4, target_modules=["q_proj", "v_proj"])
+    b = _adapter(tiny_chat_llama_dir, qa, tmp_path, "tune_b", r=8, seed=7)
+    meta, _ = export(tiny_chat_llama_dir, tmp_path / "multi", precision="fp32", adapters=["tune_a", "tune_b"],
+                     inputs={"adapters": [a, b]}, target=Target(threads=1))
+    folder = tmp_path / "multi"
+    assert meta["adapters"] == ["tune_a", "tune_b"]
+    assert {"tune_a.onnx_adapter", "tune_b.onnx_adapter"} <= {p.name for p in folder.iterdir()}
+    session = _genai.GenaiSession(folder)
+    p, r = session.tokenizer("say cash please 1")["input_ids"], session.tokenizer("cash", add_special_tokens=False)["input_ids"]
+    scores = {name: _genai.sequence_nll(session, p, r, adapter=name) for name in (None, "tune_a", "tune_b")}
+    assert len({round(v, 4) for v in scores.values()}) == 3  # base, a and b all differ
+    # the deployable script switches adapters with onnxruntime-genai alone
+    run = lambda *args: subprocess.run([sys.executable, str(folder / "inference.py"), "--max-new-tokens", "4", *args],
+                                       capture_output=True, text=True, timeout=120)
+    ok = run("--adapter", "tune_b", "say home please")
+    assert ok.returncode == 0, ok.stderr
+    missing = run("--adapter", "nope", "hi")
+    assert missing.returncode != 0 and "no adapter 'nope' here (adapters: tune_a, tune_b)" in missing.stderr

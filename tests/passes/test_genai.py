@@ -141,6 +141,7 @@ def test_fp32_build_matches_pytorch(tiny_llama, fp32_genai):
         G.generate_torch(model, tok, PAIRS[0][0], 8, system_prompt="you are fine")
 
 
+@pytest.mark.slow
 def test_pruned_lm_head_scores_token_by_token(tiny_llama, tmp_path):
     out = tmp_path / "pruned"
     G.build_genai(tiny_llama, out, "fp32", "cpu", {"prune_lm_head": True}, None, lambda line: None)
@@ -201,3 +202,21 @@ def test_adapters_switch_and_match_peft(tiny_llama, lora_adapters, tmp_path, pre
     assert all(isinstance(a, str) for a in answers.values())
     with pytest.raises(PassError, match="no adapter 'other'"):
         G.generate(session, "hello", 4, adapter="other")
+
+
+def test_default_int4_has_int8_sensitive_nodes_and_tracks_pytorch(tiny_llama, tmp_path):
+    import onnx
+
+    out = tmp_path / "int4"
+    facts = G.build_genai(tiny_llama, out, "int4", "cpu", {}, 2, lambda line: None)
+    assert facts["options"] == G.DEFAULT_INT4_OPTIONS
+    bits = {n.name: next(a.i for a in n.attribute if a.name == "bits")
+            for n in onnx.load(str(out / "model.onnx"), load_external_data=False).graph.node if n.op_type == "MatMulNBits"}
+    assert bits["/lm_head/MatMul_Q8"] == 8 and bits["/model/layers.0/mlp/down_proj/MatMul_Q8"] == 8
+    assert bits["/model/layers.0/mlp/up_proj/MatMul_Q4"] == 4
+    model, tok = _torch(tiny_llama)
+    examples = _examples(tok)
+    assert G.perplexity_genai(out, examples) == pytest.approx(G.perplexity_torch(model, tok, examples), rel=0.1)
+    with pytest.raises(PassError, match="not float MatMul nodes"):
+        G.build_genai(tiny_llama, tmp_path / "bad", "int4", "cpu", {"int8_nodes": ["/nope/MatMul"]}, None,
+                      lambda line: None)
