@@ -20,12 +20,14 @@ from __future__ import annotations
 import json
 import math
 import random
+import time
 from pathlib import Path
 from typing import Any
 
 from schemas.steps import EvaluateConfig
 
 from . import _report
+from ._latency import SETTLE_S
 from ._chat import chat_settings, check_chat_template, fit, prompt_text, split_pair
 from .base import Artifact, PassError
 
@@ -223,6 +225,7 @@ def _time(runners: dict[str, Any], tokenizer: Any, prompt: str, chat: dict[str, 
             order.shuffle(names)
             schedule.append(names)
             for name in names:
+                time.sleep(SETTLE_S)  # untimed: the previous model's idle threads stop spinning (see _latency)
                 samples[name].append(runners[name].timed(ids, n))
                 bar.advance(1)
     from ._genai import speed_summary

@@ -58,6 +58,16 @@ def _no_gc() -> Iterator[None]:
             gc.enable()
 
 
+#: A pause before each block. After a run, PyTorch's OpenMP workers and onnxruntime's pool keep spinning
+#: for a while; on 2 cores the next model's threads then compete with them. Measured on the quickstart
+#: (MiniLM int8 vs PyTorch fp32, 2 threads, one process, two models): without the pause int8 ran at
+#: 3.2-3.6 ms in some processes and 5.2-5.4 ms in others (3 of 6), as with libgomp forced to spin
+#: (OMP_WAIT_POLICY=ACTIVE: 7.5 ms); with it 3.1-3.4 ms in 4 of 4. The evaluate step (three models, after
+#: the quality pass) still ran int8 slow in 2 of 3 processes with it: the cause is not settled. 50 ms a
+#: block, outside the timings.
+SETTLE_S = 0.05
+
+
 def time_interleaved(
     runners: Mapping[str, Callable[[], Any]],
     *,
@@ -70,7 +80,7 @@ def time_interleaved(
     """Time every runner `repeats` times, interleaved in `blocks` shuffled blocks.
 
     Each model first gets `warmup` untimed calls. Then, for each block, the model order is shuffled
-    (seeded) and each model runs its share of the repeats back to back. `progress.advance(1)` is called
+    (seeded) and each model runs its share of the repeats back to back, after an untimed SETTLE_S pause. `progress.advance(1)` is called
     after every timed call (`progress` may be None).
     """
     names = list(runners)
@@ -86,6 +96,7 @@ def time_interleaved(
             timings.schedule.append(order)
             for name in order:
                 run, samples = runners[name], timings.samples_ms[name]
+                time.sleep(SETTLE_S)  # untimed: the previous model's idle worker threads stop spinning
                 for _ in range(size):
                     start = clock()
                     run()
