@@ -259,7 +259,11 @@ def summary_metrics(eval_metrics: dict[str, float]) -> str:
 
 
 def count_parameters(model: Any) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
+    """(trainable, total) parameter counts; a 4-bit (bitsandbytes) weight counts its values, not its packed bytes."""
+    def count(p: Any) -> int:
+        state = getattr(p, "quant_state", None)
+        return int(state.shape.numel()) if state is not None and hasattr(state, "shape") else p.numel()
+
+    trainable = sum(count(p) for p in model.parameters() if p.requires_grad)
+    return trainable, sum(count(p) for p in model.parameters())
 

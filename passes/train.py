@@ -218,6 +218,8 @@ class Qlora(Lora):
                 f"{full / 2**20:.1f} MB in float32 ({quantized / full:.0%})")
         prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing,
                                         gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.gradient_checkpointing:
+            model.config.use_cache = False  # no KV cache while training (transformers warns otherwise)
         memory = {"base_4bit_mb": round(quantized / 2**20, 1), "base_fp32_mb": round(full / 2**20, 1)}
         return {
             "quantized_base": {"bits": 4, "quant_type": cfg.quant_type, "double_quant": cfg.double_quant,
