@@ -84,7 +84,7 @@ class ExportOnnx(Pass[ExportOnnxConfig]):
     """
 
     config_class = ExportOnnxConfig
-    version = 1
+    version = 2  # 2: genai int4 defaults (block 64, int8 QKV)
     packages = ("torch", "transformers", "tokenizers", "onnx", "onnxruntime", "onnxruntime-genai", "optimum-onnx")
 
     def run(self, inputs: dict[str, Any], ctx: StepContext) -> dict[str, Any]:

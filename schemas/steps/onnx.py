@@ -49,8 +49,8 @@ class ExportOnnxConfig(StepConfig):
         default_factory=dict,
         description="genai: model-builder options (e.g. int4_block_size, int4_is_symmetric, prune_lm_head), plus "
         "`int8_nodes` (MatMul nodes kept at 8 bits in an int4 build; `sensitive`: lm_head and the QKV/down projections "
-        "of a third of the layers). Any int4_* option replaces the tuned int4 defaults (asymmetric, block 32, "
-        "accuracy level 4, int8_nodes [sensitive], prune_lm_head).",
+        "of a third of the layers; `qkv`: every layer's QKV projections). Any int4_* option replaces the tuned int4 "
+        "defaults (asymmetric, block 64, accuracy level 4, int8_nodes [sensitive, qkv], prune_lm_head).",
     )
     builder_defaults: bool = Field(
         False,

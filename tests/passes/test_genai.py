@@ -214,9 +214,12 @@ def test_default_int4_has_int8_sensitive_nodes_and_tracks_pytorch(tiny_llama, tm
             for n in onnx.load(str(out / "model.onnx"), load_external_data=False).graph.node if n.op_type == "MatMulNBits"}
     assert bits["/lm_head/MatMul_Q8"] == 8 and bits["/model/layers.0/mlp/down_proj/MatMul_Q8"] == 8
     assert bits["/model/layers.0/mlp/up_proj/MatMul_Q4"] == 4
+    assert all(bits[f"/model/layers.{i}/attn/qkv_proj/MatMul_Q8"] == 8 for i in (0, 1))  # "qkv": every layer
     model, tok = _torch(tiny_llama)
     examples = _examples(tok)
-    assert G.perplexity_genai(out, examples) == pytest.approx(G.perplexity_torch(model, tok, examples), rel=0.1)
+    # 64-value blocks on a 64-wide random model are one block per row, int4's worst case: within 15% here
+    # (SmolLM2, measured: +12% against fp32, see DEFAULT_INT4_OPTIONS).
+    assert G.perplexity_genai(out, examples) == pytest.approx(G.perplexity_torch(model, tok, examples), rel=0.15)
     with pytest.raises(PassError, match="not float MatMul nodes"):
         G.build_genai(tiny_llama, tmp_path / "bad", "int4", "cpu", {"int8_nodes": ["/nope/MatMul"]}, None,
                       lambda line: None)
