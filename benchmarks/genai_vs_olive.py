@@ -55,7 +55,8 @@ def main() -> int:
     if not (olive_dir / "genai_config.json").is_file():
         shutil.rmtree(olive_dir, ignore_errors=True)
         subprocess.run(["olive", "capture-onnx-graph", "-m", str(merged.path), "--use_model_builder", "--precision",
-                        "int4", "-o", str(olive_dir)], check=True, env=env, capture_output=True)
+                        "int4", "-o", str(olive_dir)], check=True, env=env, capture_output=True,
+                       cwd=args.cache_dir)  # Olive writes its own .olive-cache in the working folder
     from passes.base import Artifact, SimpleContext
     from passes.evaluate import Evaluate
     from schemas.steps import EvaluateConfig
