@@ -5,6 +5,7 @@ by `load_data`). Every pass that tokenizes the pairs goes through `split_pair`, 
 is trained on is the prompt it is evaluated and served with.
 
 - `prompt_text(tokenizer, prompt, chat)`: the text a model is asked (chat template applied when asked).
+- `encode_prompt(tokenizer, prompt, chat)`: the token ids of `prompt_text`.
 - `split_pair(tokenizer, prompt, response, chat)`: (prompt token ids, response token ids); the response
   ends with the end-of-turn the template writes, or with EOS.
 - `fit(prompt_ids, response_ids, max_length)`: both cut to fit, the response kept whole when it can be.
@@ -45,6 +46,11 @@ def prompt_text(tokenizer: Any, prompt: str, chat: dict[str, Any]) -> str:
     if not chat.get("chat_template"):
         return prompt
     return tokenizer.apply_chat_template(_messages(prompt, chat), tokenize=False, add_generation_prompt=True)
+
+
+def encode_prompt(tokenizer: Any, prompt: str, chat: dict[str, Any]) -> list[int]:
+    """The ids of `prompt_text`: the template writes its own special tokens, a plain prompt gets BOS."""
+    return tokenizer(prompt_text(tokenizer, prompt, chat), add_special_tokens=not chat.get("chat_template"))["input_ids"]
 
 
 def split_pair(tokenizer: Any, prompt: str, response: str, chat: dict[str, Any]) -> tuple[list[int], list[int]]:
@@ -89,4 +95,4 @@ def fit(prompt_ids: list[int], response_ids: list[int], max_length: int) -> tupl
     return prompt_ids[len(prompt_ids) - keep_prompt:], response_ids[: max_length - keep_prompt], "response"
 
 
-__all__ = ["chat_settings", "check_chat_template", "fit", "prompt_text", "split_pair"]
+__all__ = ["chat_settings", "check_chat_template", "encode_prompt", "fit", "prompt_text", "split_pair"]

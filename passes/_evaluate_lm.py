@@ -28,7 +28,9 @@ from schemas.steps import EvaluateConfig
 
 from . import _report
 from ._latency import SETTLE_S
-from ._chat import chat_settings, check_chat_template, fit, prompt_text, split_pair
+from ._chat import chat_settings, check_chat_template, encode_prompt, fit, split_pair
+from ._genai_run import (GenaiSession, greedy_answer, sequence_nll, speed_summary, timed_genai,
+                         timed_torch, torch_generate)
 from .base import Artifact, PassError
 
 #: Seed of the run order shuffling: a rerun interleaves the models in the same order.
@@ -69,47 +71,32 @@ class TorchLM:
 
     def timed(self, prompt_ids: list[int], new_tokens: int) -> tuple[float, float]:
         """(seconds to the first token, seconds for all `new_tokens`) of one greedy generation."""
-        from . import _genai
-
-        return _genai.timed_torch(self.model, self.tokenizer, prompt_ids, new_tokens)
+        return timed_torch(self.model, self.tokenizer, prompt_ids, new_tokens)
 
     def answer(self, prompt_ids: list[int], max_new_tokens: int) -> str:
-        from . import _genai
-
-        tokens = _genai._torch_generate(self.model, self.tokenizer, prompt_ids, max_new_tokens, exact=False)
+        tokens = torch_generate(self.model, self.tokenizer, prompt_ids, max_new_tokens, exact=False)
         return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
 
 
 class GenaiLM:
-    """An onnxruntime-genai folder (genai_config.json), run with onnxruntime-genai (`_genai.GenaiSession`)."""
+    """An onnxruntime-genai folder (genai_config.json), run with onnxruntime-genai (`_genai_run.GenaiSession`)."""
 
     def __init__(self, artifact: Artifact) -> None:
-        from . import _genai
-
         self.artifact, self.folder = artifact, Path(artifact.path)
-        self.session = _genai.GenaiSession(self.folder)
+        self.session = GenaiSession(self.folder)
         # The folder's tokenizer through transformers: every model scores identical token ids.
         self.tokenizer = self.session.tokenizer
         providers = _genai_providers(self.folder)
         self.runtime = f"onnxruntime-genai ({', '.join(providers) or 'cpu'})"
 
     def nll(self, prompt_ids: list[int], response_ids: list[int]) -> float:
-        from . import _genai
-
-        return _genai.sequence_nll(self.session, prompt_ids, response_ids)
+        return sequence_nll(self.session, prompt_ids, response_ids)
 
     def timed(self, prompt_ids: list[int], new_tokens: int) -> tuple[float, float]:
-        from . import _genai
-
-        return _genai.timed_genai(self.session, prompt_ids, new_tokens)
+        return timed_genai(self.session, prompt_ids, new_tokens)
 
     def answer(self, prompt_ids: list[int], max_new_tokens: int) -> str:
-        generator = self.session.generator(len(prompt_ids) + max_new_tokens)
-        generator.append_tokens(prompt_ids)
-        while not generator.is_done():
-            generator.generate_next_token()
-        tokens = list(generator.get_sequence(0))[len(prompt_ids):]
-        return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        return greedy_answer(self.session, prompt_ids, max_new_tokens)
 
 
 def _genai_providers(folder: Path) -> list[str]:
@@ -185,7 +172,7 @@ def evaluate_lms(cfg: EvaluateConfig, models: list[Artifact], data: Artifact, ct
         payload["samples"] = []
         with ctx.progress(len(prompts) * len(runners), "sample answers") as bar:
             for prompt in prompts:
-                ids = tokenizer(prompt_text(tokenizer, prompt, chat), add_special_tokens=not chat["chat_template"])["input_ids"]
+                ids = encode_prompt(tokenizer, prompt, chat)
                 answers = {}
                 for name, runner in runners.items():
                     answers[name] = runner.answer(ids, cfg.max_new_tokens)
@@ -208,7 +195,7 @@ def evaluate_lms(cfg: EvaluateConfig, models: list[Artifact], data: Artifact, ct
 
 def _time(runners: dict[str, Any], tokenizer: Any, prompt: str, chat: dict[str, Any], cfg: EvaluateConfig, ctx: Any,
           results: dict[str, dict[str, Any]], threads: int) -> dict[str, Any]:
-    ids = tokenizer(prompt_text(tokenizer, prompt, chat), add_special_tokens=not chat["chat_template"])["input_ids"]
+    ids = encode_prompt(tokenizer, prompt, chat)
     n = cfg.max_new_tokens
     ctx.log(f"timing {len(runners)} model(s): greedy, {len(ids)} prompt tokens, {n} new tokens, {threads} thread(s), "
             f"{WARMUP_GENERATIONS} warm-up + {cfg.generation_runs} timed generations each, interleaved")
@@ -228,8 +215,6 @@ def _time(runners: dict[str, Any], tokenizer: Any, prompt: str, chat: dict[str, 
                 time.sleep(SETTLE_S)  # untimed: the previous model's idle threads stop spinning (see _latency)
                 samples[name].append(runners[name].timed(ids, n))
                 bar.advance(1)
-    from ._genai import speed_summary
-
     for name, runs in samples.items():
         speed = speed_summary(runs, n)
         results[name].update(

@@ -4,7 +4,7 @@
   (`genai_config.json`, `model.onnx`, tokenizer files) for the precision and execution provider asked
   (defaults from the workflow target), plus `inference.py`, a chat loop that needs onnxruntime-genai
   alone. With `adapters`, the base is built once with LoRA inputs and each adapter becomes
-  `<step>.onnx_adapter`. The result is checked by generating from it.
+  `<step>.onnx_adapter`. The result is checked by generating from it (`_genai_run.smoke_test`).
 - `export_optimum`: optimum's `main_export` with `text-generation-with-past` (a decoder with KV cache
   for plain onnxruntime, e.g. optimum's ORTModelForCausalLM), checked against PyTorch's logits.
 """
@@ -41,7 +41,7 @@ def genai_choices(cfg: ExportOnnxConfig, target: Target, log: Any) -> tuple[str,
 
 def export_genai(source: Artifact, adapters: list[Artifact], cfg: ExportOnnxConfig, ctx: StepContext) -> dict[str, Any]:
     """Build a genai folder into ctx.out_dir; return the artifact meta."""
-    from . import _genai
+    from . import _genai, _genai_run
 
     precision, provider = genai_choices(cfg, ctx.target, ctx.log)
     threads = ctx.target.threads or ou.cpu_cores()
@@ -63,7 +63,7 @@ def export_genai(source: Artifact, adapters: list[Artifact], cfg: ExportOnnxConf
         facts = _genai.build_genai(Path(source.path), ctx.out_dir, precision, provider, dict(cfg.genai_options),
                                    threads, ctx.log)
     shutil.copy(Path(__file__).parent / "templates" / CHAT_SCRIPT, ctx.out_dir / ou.INFERENCE_SCRIPT)
-    check = _genai.smoke_test(ctx.out_dir, CHECK_PROMPTS[0], adapter=adapters[0].step if adapters else None)
+    check = _genai_run.smoke_test(ctx.out_dir, CHECK_PROMPTS[0], adapter=adapters[0].step if adapters else None)
     ctx.log(f"check: onnxruntime-genai loads the folder and answers {CHECK_PROMPTS[0]!r} with {check!r}")
     size = ou.model_size_bytes(ctx.out_dir)
     names = [a.step for a in adapters]

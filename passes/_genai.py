@@ -1,6 +1,6 @@
-"""onnxruntime-genai (0.14.1) for causal LMs: build, multi-LoRA adapters, perplexity, decode speed, answers.
+"""onnxruntime-genai (0.14.1) for causal LMs: build a folder genai runs, with multi-LoRA adapters.
 
-API (what the export and evaluate passes call):
+API (what the export pass calls; running and measuring the folder is `_genai_run`):
 
 - `build_genai(model_dir, out_dir, precision, execution_provider, options, threads, log)` -> facts: runs the
   genai model builder in a child process (`python -m onnxruntime_genai.models.builder`; its output streams
@@ -11,21 +11,11 @@ API (what the export and evaluate passes call):
 - `export_adapters(model_dir, {name: peft_dir}, out_dir, ...)` -> facts: the base built once with LoRA
   inputs (the builder's `adapter_path`, then the LoRA weights turned into optional graph inputs whose default
   is an empty rank-0 tensor, so no adapter = the base model), plus `<name>.onnx_adapter` per adapter
-  (onnxruntime's `AdapterFormat`) and `adapters.json`. `GenaiSession(dir)` loads them into `og.Adapters`.
-- `GenaiSession(dir)`, `generate_genai` (alias `generate`), `smoke_test`, `sequence_nll`, `perplexity_genai`,
-  `decode_speed_genai`; and `generate_torch`, `perplexity_torch`, `decode_speed_torch` with the same
-  conventions. Token ids always come from the folder's tokenizer through transformers: onnxruntime-genai's
-  own tokenizer returns -1 ids for SmolLM2's GGUF-converted tokenizer.json here.
-- `encode_pairs(tokenizer, pairs, system_prompt)`: (prompt ids, response ids) with the chat template.
+  (onnxruntime's `AdapterFormat`) and `adapters.json`. `_genai_run.GenaiSession(dir)` loads them into
+  `og.Adapters`.
+- `check_options`, `check_precision`, `set_threads`: the checks and the thread setting `build_genai` applies.
 
-Perplexity: exp(mean NLL of the response tokens), the prompt as context (labels -100 on the prompt, as in
-training). genai 0.14.1 does return whole-sequence logits (`Generator.get_output("logits")` after
-`append_tokens`), so no raw onnxruntime session is needed; with `prune_lm_head` the model only returns the
-last position's logits, so the response is then fed one token at a time (teacher forcing through the KV cache).
-
-Decode speed: greedy, exactly `max_new_tokens` new tokens (EOS cannot end a run: genai `min_length` =
-`max_length`, transformers `min_new_tokens`), time to first token = prefill + first token, tokens/s = the
-decode rate after it; medians over runs.
+Perplexity and decode speed in the table below are measured as `_genai_run` describes.
 
 Measured (SmolLM2-135M-Instruct, cpu, 2 cores; perplexity on 100 chatterbot pairs, every 9th row, chat
 template + short system prompt; greedy 64 tokens, medians of 9 interleaved rounds in 2-5 processes):
@@ -49,15 +39,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import subprocess
 import sys
 import tempfile
-import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -295,265 +283,6 @@ def set_threads(genai_dir: Path, threads: int | None) -> None:
     session = config["model"]["decoder"].setdefault("session_options", {})
     session.update(intra_op_num_threads=int(threads), inter_op_num_threads=1)
     path.write_text(json.dumps(config, indent=4) + "\n")
-
-
-# --- running --------------------------------------------------------------------------------------------
-
-
-class GenaiSession:
-    """An onnxruntime-genai folder loaded once: `og.Model`, its adapters (adapters.json) and its tokenizer."""
-
-    def __init__(self, source: Any) -> None:
-        """`source`: a genai folder, or an `og.Model` already loaded (then without adapters or tokenizer)."""
-        import onnxruntime_genai as og
-
-        self.og = og
-        if isinstance(source, (str, Path)):
-            self.folder: Path | None = Path(source)
-            self.model = og.Model(str(self.folder))
-            manifest = self.folder / ADAPTERS_FILE
-            self.adapter_files: dict[str, str] = json.loads(manifest.read_text()) if manifest.is_file() else {}
-        else:
-            self.folder, self.model, self.adapter_files = None, source, {}
-        self.adapters = None
-        if self.adapter_files:
-            self.adapters = og.Adapters(self.model)
-            for name, file in self.adapter_files.items():
-                self.adapters.load(str(self.folder / file), name)  # type: ignore[operator]
-        self._tokenizer = None
-
-    @property
-    def tokenizer(self) -> Any:
-        """The folder's tokenizer through transformers (the ids every runtime is scored on)."""
-        if self._tokenizer is None:
-            if self.folder is None:
-                raise PassError("a GenaiSession made from an og.Model has no tokenizer folder")
-            from transformers import AutoTokenizer
-
-            self._tokenizer = AutoTokenizer.from_pretrained(self.folder)
-        return self._tokenizer
-
-    def generator(self, max_length: int, *, exact: bool = False, adapter: str | None = None) -> Any:
-        """A greedy generator; `exact` makes EOS unable to end it before `max_length` tokens in all."""
-        og = self.og
-        params = og.GeneratorParams(self.model)
-        params.set_search_options(do_sample=False, max_length=max_length, **({"min_length": max_length} if exact else {}))
-        gen = og.Generator(self.model, params)
-        if adapter is not None:
-            if adapter not in self.adapter_files:
-                raise PassError(f"no adapter {adapter!r} in {self.folder} (it has {', '.join(self.adapter_files) or 'none'})")
-            gen.set_active_adapter(self.adapters, adapter)
-        return gen
-
-
-def _session(model: Any) -> GenaiSession:
-    return model if isinstance(model, GenaiSession) else GenaiSession(model)
-
-
-def prompt_ids(tokenizer: Any, prompt: str, system_prompt: str | None = None) -> list[int]:
-    """The token ids a model is asked: the chat template (with the system prompt) when the tokenizer has one."""
-    if getattr(tokenizer, "chat_template", None):
-        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + \
-            [{"role": "user", "content": prompt}]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-    return tokenizer(prompt)["input_ids"]
-
-
-def encode_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]], system_prompt: str | None = None) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, response ids) per (instruction, response): the response is what the template writes after
-    the generation prompt (with its end-of-turn), or the response + EOS without a template."""
-    out = []
-    for prompt, response in pairs:
-        p = prompt_ids(tokenizer, prompt, system_prompt)
-        if getattr(tokenizer, "chat_template", None):
-            messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + \
-                [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-            head = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-            full = tokenizer.apply_chat_template(messages, tokenize=False)
-            r = tokenizer(full[len(head):], add_special_tokens=False)["input_ids"]
-        else:
-            r = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        out.append((p, r))
-    return out
-
-
-def response_logits(model: Any, prompt: list[int], response: list[int], *, adapter: str | None = None) -> Any:
-    """float32 logits [len(response), vocab]: row i predicts response[i] (the prompt as context)."""
-    import numpy as np
-
-    if not prompt:
-        raise PassError("a prompt needs at least one token (the first response token is predicted from it)")
-    model = _session(model)
-    gen = model.generator(len(prompt) + len(response) + 1, exact=True, adapter=adapter)
-    gen.append_tokens(prompt)
-    rows = [np.asarray(gen.get_output("logits"))[0, -1]]
-    if len(response) > 1:
-        gen.append_tokens(response[:-1])
-        chunk = np.asarray(gen.get_output("logits"))[0]
-        if chunk.shape[0] == len(response) - 1:
-            rows.extend(chunk)
-        else:  # prune_lm_head: only the last position has logits; rebuild and feed one token at a time
-            gen = model.generator(len(prompt) + len(response) + 1, exact=True, adapter=adapter)
-            gen.append_tokens(prompt)
-            rows = [np.asarray(gen.get_output("logits"))[0, -1]]
-            for token in response[:-1]:
-                gen.append_tokens([token])
-                rows.append(np.asarray(gen.get_output("logits"))[0, -1])
-    return np.stack(rows).astype(np.float32)
-
-
-def sequence_nll(model: Any, prompt: list[int], response: list[int], *, adapter: str | None = None) -> float:
-    """Summed negative log-likelihood of `response` after `prompt` (a GenaiSession, og.Model or folder)."""
-    import numpy as np
-
-    logits = response_logits(_session(model), prompt, response, adapter=adapter).astype(np.float64)
-    top = logits.max(axis=1, keepdims=True)
-    logz = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
-    return float((logz - logits[np.arange(len(response)), response]).sum())
-
-
-def perplexity_genai(genai_dir: Any, examples: Sequence[tuple[list[int], list[int]]], *, adapter: str | None = None) -> float:
-    """exp(mean NLL over all response tokens) of (prompt ids, response ids) pairs through onnxruntime-genai."""
-    session = _session(genai_dir)
-    total = sum(sequence_nll(session, p, r, adapter=adapter) for p, r in examples)
-    return math.exp(total / sum(len(r) for _, r in examples))
-
-
-def perplexity_torch(model: Any, tokenizer: Any, examples: Sequence[tuple[list[int], list[int]]]) -> float:
-    """The same perplexity through a transformers/PEFT model (labels -100 on the prompt, summed token losses)."""
-    import torch
-
-    total, count = 0.0, 0
-    for p, r in examples:
-        ids = torch.tensor([p + r])
-        labels = torch.tensor([[-100] * len(p) + r])
-        with torch.inference_mode():
-            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
-        loss = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=-100, reduction="sum")
-        total, count = total + float(loss), count + len(r)
-    return math.exp(total / count)
-
-
-def generate_genai(genai_dir: Any, prompt: str, max_new_tokens: int, adapter: str | None = None,
-                   system_prompt: str | None = None) -> str:
-    """A greedy answer (chat template applied when the tokenizer has one), stopping at EOS."""
-    session = _session(genai_dir)
-    ids = prompt_ids(session.tokenizer, prompt, system_prompt)
-    gen = session.generator(len(ids) + max_new_tokens, adapter=adapter)
-    gen.append_tokens(ids)
-    while not gen.is_done():
-        gen.generate_next_token()
-    return session.tokenizer.decode(list(gen.get_sequence(0))[len(ids):], skip_special_tokens=True).strip()
-
-
-generate = generate_genai
-
-
-def smoke_test(genai_dir: Path, prompt: str, adapter: str | None = None, max_new_tokens: int = 24) -> str:
-    """Load the folder with onnxruntime-genai and answer `prompt` (PassError when it cannot run)."""
-    try:
-        return generate_genai(genai_dir, prompt, max_new_tokens, adapter=adapter)
-    except PassError:
-        raise
-    except Exception as exc:  # onnxruntime-genai raises RuntimeError with the session's message
-        raise PassError(f"onnxruntime-genai cannot run the exported folder {genai_dir}: {exc}") from exc
-
-
-def generate_torch(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int, system_prompt: str | None = None) -> str:
-    """The same greedy answer through a transformers model."""
-    ids = prompt_ids(tokenizer, prompt, system_prompt)
-    return tokenizer.decode(_torch_generate(model, tokenizer, ids, max_new_tokens, exact=False), skip_special_tokens=True).strip()
-
-
-def _torch_generate(model: Any, tokenizer: Any, ids: list[int], n: int, exact: bool, streamer: Any = None) -> list[int]:
-    import torch
-
-    x = torch.tensor([ids])
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    with torch.inference_mode():
-        out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False,
-                             pad_token_id=pad, streamer=streamer, **({"min_new_tokens": n} if exact else {}))
-    return out[0, len(ids):].tolist()
-
-
-# --- decode speed ---------------------------------------------------------------------------------------
-
-
-def timed_genai(session: GenaiSession, ids: list[int], n: int, adapter: str | None = None) -> tuple[float, float]:
-    """(seconds to the first token, seconds for all n tokens) of one greedy genai generation of exactly n tokens."""
-    start = time.perf_counter()
-    gen = session.generator(len(ids) + n, exact=True, adapter=adapter)
-    gen.append_tokens(ids)
-    gen.generate_next_token()
-    first, count = time.perf_counter() - start, 1
-    while not gen.is_done():
-        gen.generate_next_token()
-        count += 1
-    total = time.perf_counter() - start
-    if count != n:
-        raise PassError(f"genai decoded {count} tokens instead of {n}")
-    return first, total
-
-
-class _FirstToken:
-    """A transformers streamer noting when the first new token arrives (its 2nd `put`; the 1st is the prompt)."""
-
-    def __init__(self, start: float) -> None:
-        self.start, self.seconds, self.calls = start, None, 0
-
-    def put(self, value: Any) -> None:
-        self.calls += 1
-        if self.calls == 2:
-            self.seconds = time.perf_counter() - self.start
-
-    def end(self) -> None:
-        pass
-
-
-def timed_torch(model: Any, tokenizer: Any, ids: list[int], n: int) -> tuple[float, float]:
-    """(seconds to the first token, seconds for all n tokens) of one greedy transformers generation."""
-    start = time.perf_counter()
-    clock = _FirstToken(start)
-    got = _torch_generate(model, tokenizer, ids, n, exact=True, streamer=clock)
-    total = time.perf_counter() - start
-    if len(got) != n:
-        raise PassError(f"transformers decoded {len(got)} tokens instead of {n}")
-    return clock.seconds or total, total
-
-
-def speed_summary(runs: Sequence[tuple[float, float]], n: int) -> dict[str, Any]:
-    """Medians of (first, total) runs: tokens/s after the first token, time to first token in ms."""
-    rates = sorted((n - 1) / (total - first) for first, total in runs if total > first)
-    firsts = sorted(first for first, _ in runs)
-    return {"tokens_per_second": _median(rates), "time_to_first_token_ms": _median(firsts) * 1000,
-            "new_tokens": n, "runs": len(runs)}
-
-
-def _median(values: Sequence[float]) -> float:
-    values, mid = sorted(values), len(values) // 2
-    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
-
-
-def _speed(timer: Callable[[list[int]], tuple[float, float]], prompts: Sequence[list[int]], n: int, warmup: int,
-           repeats: int) -> dict[str, Any]:
-    for _ in range(warmup):
-        timer(prompts[0])
-    runs = [timer(p) for _ in range(repeats) for p in prompts]
-    return speed_summary(runs, n)
-
-
-def decode_speed_genai(genai_dir: Any, prompts: Sequence[list[int]], max_new_tokens: int, warmup: int = 1,
-                       repeats: int = 3, adapter: str | None = None) -> dict[str, Any]:
-    """Greedy decode speed of a genai folder on token-id prompts: medians over `repeats` rounds of all prompts."""
-    session = _session(genai_dir)
-    return _speed(lambda ids: timed_genai(session, ids, max_new_tokens, adapter), prompts, max_new_tokens, warmup, repeats)
-
-
-def decode_speed_torch(model: Any, tokenizer: Any, prompts: Sequence[list[int]], max_new_tokens: int, warmup: int = 1,
-                       repeats: int = 3) -> dict[str, Any]:
-    """The same measurement through a transformers model (`torch.set_num_threads` is the caller's choice)."""
-    return _speed(lambda ids: timed_torch(model, tokenizer, ids, max_new_tokens), prompts, max_new_tokens, warmup, repeats)
 
 
 # --- multi-LoRA -----------------------------------------------------------------------------------------

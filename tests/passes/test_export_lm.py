@@ -170,7 +170,7 @@ def test_multi_lora_export_switches_adapters_at_run_time(tiny_chat_llama_dir, qa
     import subprocess
     import sys
 
-    from passes import _genai
+    from passes import _genai_run
 
     a = _adapter(tiny_chat_llama_dir, qa, tmp_path, "tune_a", r=4, target_modules=["q_proj", "v_proj"])
     b = _adapter(tiny_chat_llama_dir, qa, tmp_path, "tune_b", r=8, seed=7)
@@ -179,9 +179,9 @@ def test_multi_lora_export_switches_adapters_at_run_time(tiny_chat_llama_dir, qa
     folder = tmp_path / "multi"
     assert meta["adapters"] == ["tune_a", "tune_b"]
     assert {"tune_a.onnx_adapter", "tune_b.onnx_adapter"} <= {p.name for p in folder.iterdir()}
-    session = _genai.GenaiSession(folder)
+    session = _genai_run.GenaiSession(folder)
     p, r = session.tokenizer("say cash please 1")["input_ids"], session.tokenizer("cash", add_special_tokens=False)["input_ids"]
-    scores = {name: _genai.sequence_nll(session, p, r, adapter=name) for name in (None, "tune_a", "tune_b")}
+    scores = {name: _genai_run.sequence_nll(session, p, r, adapter=name) for name in (None, "tune_a", "tune_b")}
     assert len({round(v, 4) for v in scores.values()}) == 3  # base, a and b all differ
     # the deployable script switches adapters with onnxruntime-genai alone
     run = lambda *args: subprocess.run([sys.executable, str(folder / "inference.py"), "--max-new-tokens", "4", *args],

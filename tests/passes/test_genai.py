@@ -1,48 +1,40 @@
-"""passes/_genai.py on a tiny random Llama built here: the genai builder, multi-LoRA, perplexity, speed."""
+"""passes/_genai.py and _genai_run.py on a tiny random Llama built here: the genai builder, multi-LoRA, and the
+folder run as `evaluate` runs it (perplexity, answers, decode speed)."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
 from passes import _genai as G
+from passes import _genai_run as R
+from passes._chat import encode_prompt, split_pair
+from passes._evaluate_lm import GenaiLM, TorchLM
 from passes.base import PassError
+from tests.conftest import build_byte_level_tokenizer, make_artifact
 
-WORDS = ("the a cat dog sat on mat ran to park what is your name my it sunny today hello how are you fine thanks "
-         "where do live in city green blue sky sea big small red").split()
-CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}"
-                 "{% if add_generation_prompt %}<|im_start|>assistant {% endif %}")
+#: Chat settings as a dataset's meta carries them (`_chat.chat_settings`).
+CHAT = {"chat_template": True, "system_prompt": "you are fine"}
 PAIRS = [("what is your name", "my name is cat"), ("how are you", "fine thanks"),
          ("where do you live", "in a big city"), ("is it sunny today", "the sky is blue")]
-
-
-def _tokenizer(folder: Path):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<unk>", "<|im_start|>", "<|im_end|>", "system", "user", "assistant"]
-    vocab = {t: i for i, t in enumerate(specials + WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<|im_start|>",
-                                   eos_token="<|im_end|>", pad_token="<|im_end|>")
-    fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(folder)
-    return fast
+LM = {"task": "causal-lm", "labels": None, "model_type": "llama"}
 
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory) -> Path:
-    """A random 2-layer Llama (hidden 64, 4 heads, 2 KV heads, vocab 320) with a word-level chat tokenizer."""
+    """A random 2-layer Llama with grouped KV heads (4 heads, 2 KV heads; conftest's have none) and weights
+    large enough (init 0.1) for peaked logits, so perplexities differ; conftest's byte-level chat tokenizer."""
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     folder = tmp_path_factory.mktemp("tiny-llama")
-    tok = _tokenizer(folder)
+    tok = AutoTokenizer.from_pretrained(build_byte_level_tokenizer(tmp_path_factory.mktemp("tokenizer")))
+    tok.save_pretrained(folder)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                          initializer_range=0.1, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
@@ -83,15 +75,22 @@ def fp32_genai(tiny_llama, tmp_path_factory) -> tuple[Path, dict]:
     return out, facts
 
 
-def _torch(folder: Path):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(folder)
+@pytest.fixture(scope="module")
+def torch_lm(tiny_llama) -> TorchLM:
+    return TorchLM(make_artifact("hf_model", tiny_llama, LM, "llm"))
 
 
-def _examples(tokenizer):
-    return G.encode_pairs(tokenizer, PAIRS, "you are fine")
+def _genai_lm(folder: Path) -> GenaiLM:
+    return GenaiLM(make_artifact("onnx_model", folder, {**LM, "format": "genai"}, "genai"))
+
+
+def _examples(tokenizer) -> list[tuple[list[int], list[int]]]:
+    return [split_pair(tokenizer, p, r, CHAT) for p, r in PAIRS]
+
+
+def _perplexity(runner: TorchLM | GenaiLM, examples: list[tuple[list[int], list[int]]]) -> float:
+    """As `evaluate` reports it: exp(summed response NLL / response tokens)."""
+    return math.exp(sum(runner.nll(p, r) for p, r in examples) / sum(len(r) for _, r in examples))
 
 
 def test_unknown_option_lists_the_valid_ones():
@@ -121,7 +120,7 @@ def test_builder_failure_raises_with_its_last_lines(tmp_path):
         G.build_genai(tmp_path, tmp_path / "out", "fp32", "cpu", {}, None, lambda line: None)
 
 
-def test_fp32_build_matches_pytorch(tiny_llama, fp32_genai):
+def test_fp32_build_matches_pytorch(torch_lm, fp32_genai):
     import numpy as np
     import torch
 
@@ -129,33 +128,31 @@ def test_fp32_build_matches_pytorch(tiny_llama, fp32_genai):
     config = json.loads((out / "genai_config.json").read_text())
     assert config["model"]["decoder"]["session_options"]["intra_op_num_threads"] == 2
     assert facts["model_bytes"] > 0 and "model.onnx" in facts["files"] and facts["builder"].startswith("onnxruntime-genai")
-    model, tok = _torch(tiny_llama)
-    examples = _examples(tok)
+    genai_lm = _genai_lm(out)
+    examples = _examples(torch_lm.tokenizer)
     p, r = examples[0]
     with torch.no_grad():
-        ref = model(torch.tensor([p + r])).logits[0, len(p) - 1:-1].numpy()
-    np.testing.assert_allclose(G.response_logits(out, p, r), ref, atol=1e-4)
-    ppl_genai, ppl_torch = G.perplexity_genai(out, examples), G.perplexity_torch(model, tok, examples)
-    assert ppl_genai == pytest.approx(ppl_torch, rel=0.01)
-    assert G.generate_genai(out, PAIRS[0][0], 8, system_prompt="you are fine") == \
-        G.generate_torch(model, tok, PAIRS[0][0], 8, system_prompt="you are fine")
+        ref = torch_lm.model(torch.tensor([p + r])).logits[0, len(p) - 1:-1].numpy()
+    np.testing.assert_allclose(R.response_logits(out, p, r), ref, atol=1e-4)
+    assert _perplexity(genai_lm, examples) == pytest.approx(_perplexity(torch_lm, examples), rel=0.01)
+    ids = encode_prompt(torch_lm.tokenizer, PAIRS[0][0], CHAT)
+    assert genai_lm.answer(ids, 8) == torch_lm.answer(ids, 8)
 
 
 @pytest.mark.slow
-def test_pruned_lm_head_scores_token_by_token(tiny_llama, tmp_path):
+def test_pruned_lm_head_scores_token_by_token(tiny_llama, torch_lm, tmp_path):
     out = tmp_path / "pruned"
     G.build_genai(tiny_llama, out, "fp32", "cpu", {"prune_lm_head": True}, None, lambda line: None)
-    model, tok = _torch(tiny_llama)
-    examples = _examples(tok)
-    assert G.perplexity_genai(out, examples) == pytest.approx(G.perplexity_torch(model, tok, examples), rel=0.01)
+    examples = _examples(torch_lm.tokenizer)
+    assert _perplexity(_genai_lm(out), examples) == pytest.approx(_perplexity(torch_lm, examples), rel=0.01)
 
 
-def test_decode_speed_counts_exactly_the_new_tokens(tiny_llama, fp32_genai):
-    out, _ = fp32_genai
-    model, tok = _torch(tiny_llama)
-    prompts = [G.prompt_ids(tok, p) for p, _ in PAIRS[:2]]
-    for result in (G.decode_speed_genai(out, prompts, 12, warmup=1, repeats=2),
-                   G.decode_speed_torch(model, tok, prompts, 12, warmup=1, repeats=2)):
+def test_decode_speed_counts_exactly_the_new_tokens(torch_lm, fp32_genai):
+    """`evaluate`'s timing (one warm-up, then 2 rounds of 2 prompts): each run decodes exactly 12 new tokens."""
+    prompts = [encode_prompt(torch_lm.tokenizer, p, {"chat_template": True}) for p, _ in PAIRS[:2]]
+    for runner in (_genai_lm(fp32_genai[0]), torch_lm):
+        runner.timed(prompts[0], 12)
+        result = R.speed_summary([runner.timed(ids, 12) for _ in range(2) for ids in prompts], 12)
         assert result["new_tokens"] == 12 and result["runs"] == 4
         assert result["tokens_per_second"] > 0 and result["time_to_first_token_ms"] > 0
 
@@ -181,9 +178,9 @@ def test_adapters_switch_and_match_peft(tiny_llama, lora_adapters, tmp_path, pre
                               options={}, threads=2, log=lambda line: None)
     assert json.loads((out / "adapters.json").read_text()) == {"chat": "chat.onnx_adapter", "terse": "terse.onnx_adapter"}
     assert facts["adapters"]["chat"]["rank"] == 4 and facts["adapters"]["terse"]["rank"] == 8
-    session = G.GenaiSession(out)
-    ids = G.prompt_ids(session.tokenizer, "what is your name")
-    got = {name: G.response_logits(session, ids[:1], ids[1:], adapter=name) for name in (None, "chat", "terse")}
+    session = R.GenaiSession(out)
+    ids = encode_prompt(session.tokenizer, "what is your name", {"chat_template": True})
+    got = {name: R.response_logits(session, ids[:1], ids[1:], adapter=name) for name in (None, "chat", "terse")}
     ref = {name: _peft_logits(tiny_llama, lora_adapters.get(name), ids) for name in got}
     if precision == "fp32":
         atol = 1e-4
@@ -198,13 +195,13 @@ def test_adapters_switch_and_match_peft(tiny_llama, lora_adapters, tmp_path, pre
             assert np.corrcoef(delta, want)[0, 1] > 0.9
     assert np.abs(got["chat"] - got["terse"]).max() > 10 * atol
     assert np.abs(got["chat"] - got[None]).max() > 10 * atol
-    answers = {name: G.generate(session, "what is your name", 6, adapter=name) for name in ("chat", "terse")}
+    answers = {name: R.greedy_answer(session, ids, 6, adapter=name) for name in ("chat", "terse")}
     assert all(isinstance(a, str) for a in answers.values())
     with pytest.raises(PassError, match="no adapter 'other'"):
-        G.generate(session, "hello", 4, adapter="other")
+        R.smoke_test(out, "hello", adapter="other")
 
 
-def test_default_int4_has_int8_sensitive_nodes_and_tracks_pytorch(tiny_llama, tmp_path):
+def test_default_int4_has_int8_sensitive_nodes_and_tracks_pytorch(tiny_llama, torch_lm, tmp_path):
     import onnx
 
     out = tmp_path / "int4"
@@ -215,11 +212,10 @@ def test_default_int4_has_int8_sensitive_nodes_and_tracks_pytorch(tiny_llama, tm
     assert bits["/lm_head/MatMul_Q8"] == 8 and bits["/model/layers.0/mlp/down_proj/MatMul_Q8"] == 8
     assert bits["/model/layers.0/mlp/up_proj/MatMul_Q4"] == 4
     assert all(bits[f"/model/layers.{i}/attn/qkv_proj/MatMul_Q8"] == 8 for i in (0, 1))  # "qkv": every layer
-    model, tok = _torch(tiny_llama)
-    examples = _examples(tok)
+    examples = _examples(torch_lm.tokenizer)
     # 64-value blocks on a 64-wide random model are one block per row, int4's worst case: within 15% here
     # (SmolLM2, measured: +12% against fp32, see DEFAULT_INT4_OPTIONS).
-    assert G.perplexity_genai(out, examples) == pytest.approx(G.perplexity_torch(model, tok, examples), rel=0.15)
+    assert _perplexity(_genai_lm(out), examples) == pytest.approx(_perplexity(torch_lm, examples), rel=0.15)
     with pytest.raises(PassError, match="not float MatMul nodes"):
         G.build_genai(tiny_llama, tmp_path / "bad", "int4", "cpu", {"int8_nodes": ["/nope/MatMul"]}, None,
                       lambda line: None)
