@@ -26,7 +26,7 @@ from typing import Any
 
 from schemas.steps import EvaluateConfig
 
-from . import _report
+from . import _machine, _report
 from ._latency import SETTLE_S
 from ._chat import chat_settings, check_chat_template, encode_prompt, fit, split_pair
 from ._genai_run import (GenaiSession, greedy_answer, sequence_nll, speed_summary, timed_genai,
@@ -156,6 +156,9 @@ def evaluate_lms(cfg: EvaluateConfig, models: list[Artifact], data: Artifact, ct
     payload: dict[str, Any] = {"models": results, "baseline": models[0].step, "config": cfg.model_dump(mode="json"),
                                "environment": environment, "chat": chat}
 
+    if "tokens_per_second" in cfg.metrics or "time_to_first_token" in cfg.metrics:
+        # Timed before the perplexity pass: after a burst of work the cores stop working in parallel for a while.
+        payload["timing"] = _time(runners, tokenizer, pairs[0][0], chat, cfg, ctx, results, threads)
     if "perplexity" in cfg.metrics:
         encoded = [fit(*split_pair(tokenizer, p, r, chat), cfg.max_length)[:2] for p, r in pairs]
         tokens = sum(len(r) for _, r in encoded)
@@ -178,8 +181,6 @@ def evaluate_lms(cfg: EvaluateConfig, models: list[Artifact], data: Artifact, ct
                     answers[name] = runner.answer(ids, cfg.max_new_tokens)
                     bar.advance(1)
                 payload["samples"].append({"prompt": prompt, "answers": answers})
-    if "tokens_per_second" in cfg.metrics or "time_to_first_token" in cfg.metrics:
-        payload["timing"] = _time(runners, tokenizer, pairs[0][0], chat, cfg, ctx, results, threads)
     if "size" in cfg.metrics:
         for art in models:
             results[art.step]["size_mb"] = size_of(art) / 1e6
@@ -206,6 +207,7 @@ def _time(runners: dict[str, Any], tokenizer: Any, prompt: str, chat: dict[str, 
             for _ in range(WARMUP_GENERATIONS):
                 runner.timed(ids, n)
                 bar.advance(1)
+        parallel = _machine.settle(threads, ctx.log) if ctx.target.device == "cpu" else {}
         schedule = []
         for _ in range(cfg.generation_runs):
             names = list(runners)
@@ -219,7 +221,7 @@ def _time(runners: dict[str, Any], tokenizer: Any, prompt: str, chat: dict[str, 
         speed = speed_summary(runs, n)
         results[name].update(
             tokens_per_second=speed["tokens_per_second"], time_to_first_token_ms=speed["time_to_first_token_ms"],
-            new_tokens=n, prompt_tokens=len(ids), generation_runs=speed["runs"], threads=threads,
+            new_tokens=n, prompt_tokens=len(ids), generation_runs=speed["runs"], threads=threads, **parallel,
         )
     return {"schedule": schedule, "runs_s": {k: [list(r) for r in v] for k, v in samples.items()}}
 

@@ -162,6 +162,17 @@ def draw_charts(out_dir: Path, results: dict[str, dict[str, Any]], labels: list[
     return charts
 
 
+def _parallel_note(results: dict[str, dict[str, Any]]) -> str:
+    """The cores' parallel speedup when timing began (passes/_machine.py), when it was measured."""
+    first = next(iter(results.values()), {})
+    if "parallel_speedup" not in first:
+        return ""
+    waited = first.get("settle_wait_s") or 0
+    return (f" The cores' parallel speedup when timing began: {first['parallel_speedup']:.2f}x"
+            f"{f' (after waiting {waited:.0f} s for them to settle)' if waited else ''}; "
+            "well under 1.4x with 2 threads means multi-threaded latencies read high.")
+
+
 def write_report(out_dir: Path, payload: dict[str, Any], step: str) -> list[str]:
     """Write `report.md`, `report.html` and the charts from the metrics payload; returns the file names."""
     out_dir = Path(out_dir)
@@ -184,7 +195,7 @@ def write_report(out_dir: Path, payload: dict[str, Any], step: str) -> list[str]
         f"{cfg['warmup']} warmup + {cfg['repeats']} timed runs per model in {cfg['blocks']} interleaved, shuffled blocks "
         f"(all models in one process). Speedup = baseline p50 / model p50; Δ acc in percentage points. "
         f"CPU: {env['cpu']}; onnxruntime {env['onnxruntime']}, torch {env['torch']}."
-    )
+    ) + _parallel_note(results)
     md = [f"# Evaluation: {step}", "", summary_line(results, baseline), "", setup, ""]
     body = [f"<h1>Evaluation: {html.escape(step)}</h1>", f"<p><b>{html.escape(summary_line(results, baseline))}</b></p>", f"<p>{html.escape(setup)}</p>"]
     for title, rows, image in sections:

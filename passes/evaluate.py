@@ -25,7 +25,7 @@ from schemas.steps.evaluate import LM_METRICS
 
 from schemas.target import TargetError, select_providers
 
-from . import _latency, _onnx_utils, _providers, _report
+from . import _latency, _machine, _onnx_utils, _providers, _report
 from .base import Artifact, Pass, PassError
 from .registry import register_pass
 
@@ -222,7 +222,7 @@ class Evaluate(Pass[EvaluateConfig]):
     """Evaluate classifiers on a dataset split: quality (sklearn), interleaved latency, size; write a report."""
 
     config_class = EvaluateConfig
-    version = 1
+    version = 2
     packages = ("torch", "transformers", "tokenizers", "onnxruntime", "onnx", "scikit-learn", "datasets", "numpy",
                 "matplotlib", "onnxruntime-genai", "optimum-onnx")
 
@@ -246,16 +246,19 @@ class Evaluate(Pass[EvaluateConfig]):
         torch.set_num_threads(threads)  # restored below: the runner may run other steps in this process
         try:
             classifiers = self._load_models(models, data, data_labels, ctx, threads)
-            results: dict[str, dict[str, Any]] = {}
-            quality = [m for m in cfg.metrics if m in ("accuracy", "f1", "precision", "recall", "confusion_matrix")]
-            for name, clf in classifiers.items():
-                results[name] = {"kind": clf.artifact.kind, "provider": clf.provider}
-                if quality:
-                    y_pred = self._predict(clf, texts, ctx)
-                    results[name].update(quality_metrics(y_true, y_pred, len(data_labels), quality))
+            results: dict[str, dict[str, Any]] = {
+                name: {"kind": clf.artifact.kind, "provider": clf.provider} for name, clf in classifiers.items()
+            }
             timings = None
             if "latency" in cfg.metrics:
+                # Timed before the quality pass: right after a burst of work on every core, the second core
+                # stopped helping multi-threaded runs here for 15-30 s (passes/_machine.py).
                 timings = self._time(classifiers, texts, ctx, results, threads)
+            quality = [m for m in cfg.metrics if m in ("accuracy", "f1", "precision", "recall", "confusion_matrix")]
+            if quality:
+                for name, clf in classifiers.items():
+                    y_pred = self._predict(clf, texts, ctx)
+                    results[name].update(quality_metrics(y_true, y_pred, len(data_labels), quality))
             if "size" in cfg.metrics:
                 for art in models:
                     results[art.step]["size_mb"] = model_size_bytes(art) / 1e6
@@ -369,6 +372,8 @@ class Evaluate(Pass[EvaluateConfig]):
             runners[name] = clf.bind(enc)
         total = cfg.repeats * len(runners)
         load_before = _latency.load_average()
+        # Timing starts once the cores work in parallel again (after loading, or a previous step's burst).
+        parallel = _machine.settle(threads, ctx.log) if ctx.target.device == "cpu" else {}
         ctx.log(f"timing {len(runners)} model(s): batch {cfg.batch_size}, {cfg.sequence_length} tokens, {threads} thread(s), {cfg.warmup} warmup + {cfg.repeats} runs each in {cfg.blocks} interleaved blocks")
         with ctx.progress(total, "latency") as bar:
             timings = _latency.time_interleaved(runners, warmup=cfg.warmup, repeats=cfg.repeats, blocks=cfg.blocks, seed=SHUFFLE_SEED, progress=bar)
@@ -379,6 +384,7 @@ class Evaluate(Pass[EvaluateConfig]):
         for name, samples in timings.samples_ms.items():
             results[name].update(_latency.summarize(samples, cfg.batch_size))
             results[name]["load_average"] = round(load, 2)
+            results[name].update(parallel)
             results[name]["latency_provider"] = classifiers[name].provider  # what the timed session really ran on
             results[name].update(threads=threads, batch_size=cfg.batch_size, sequence_length=cfg.sequence_length)
         return timings

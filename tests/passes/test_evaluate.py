@@ -65,6 +65,7 @@ def test_evaluate_hf_and_onnx(tiny_bert_classifier_dir, tiny_onnx_dir, tiny_data
         assert 0 < m["latency_p50_ms"] <= m["latency_p90_ms"] <= m["latency_p99_ms"]
         assert m["latency_mean_ms"] > 0 and m["throughput_sps"] > 0
         assert m["threads"] == 1 and m["sequence_length"] == 64
+        assert "parallel_speedup" not in m  # one thread: nothing to probe
         assert m["size_mb"] > 0
     hf, onnx = meta["metrics"]["hf"], meta["metrics"]["onnx"]
     # same weights, same inputs: the two engines agree on every prediction
@@ -202,4 +203,7 @@ def test_minilm_int8_faster_than_pytorch(tmp_path, tiny_dataset, make_ctx):
         {"models": models, "data": tiny_dataset}, make_ctx("report"))
     m = meta["metrics"]
     assert m["int8"]["speedup"] > 2.0, meta["summary"]
+    # the cores' state when timing began is recorded with the latencies of every model
+    assert m["int8"]["parallel_speedup"] == m["fp32"]["parallel_speedup"] > 0
+    assert 0 <= m["int8"]["settle_wait_s"] <= 40
     assert m["int8"]["size_ratio"] < 0.35
