@@ -169,7 +169,7 @@ def _parallel_note(results: dict[str, dict[str, Any]]) -> str:
         return ""
     waited = first.get("settle_wait_s") or 0
     return (f" The cores' parallel speedup when timing began: {first['parallel_speedup']:.2f}x"
-            f"{f' (after waiting {waited:.0f} s for them to settle)' if waited else ''}; "
+            f"{f' (after waiting {waited:.0f} s for them to settle)' if waited >= 1 else ''}; "
             "well under 1.4x with 2 threads means multi-threaded latencies read high.")
 
 

@@ -133,8 +133,11 @@ def render_report(loaded: LoadedWorkflow, result: "RunResult", artifacts: dict[s
 
 
 def _demote(markdown: str) -> str:
-    """Nest an embedded report's headings under ours."""
-    return "\n".join("##" + l if l.startswith("#") else l for l in markdown.splitlines())
+    """Nest an embedded report's headings under ours (its own title gives way to our "Evaluation: <step>")."""
+    lines = markdown.splitlines()
+    if lines and lines[0].startswith("# "):
+        lines = lines[1:]
+    return "\n".join("#" + l if l.startswith("#") else l for l in lines).strip("\n")
 
 
 def _iso(ts: float) -> str:
