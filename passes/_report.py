@@ -10,6 +10,8 @@ import html
 from pathlib import Path
 from typing import Any
 
+from ._goals import goals_table
+
 SCATTER_PNG = "accuracy_vs_latency.png"
 
 
@@ -184,6 +186,8 @@ def write_report(out_dir: Path, payload: dict[str, Any], step: str) -> list[str]
         ("Other metrics", _extra_table(results) or None, None),
         ("Latency", _latency_table(results) or None, None),
     ]
+    if payload.get("goals"):
+        sections.insert(0, ("Goals", goals_table(payload["goals"]), None))
     if "scatter" in charts:
         sections.append(("Accuracy vs latency", None, charts["scatter"]))
     for name, m in results.items():
@@ -291,6 +295,9 @@ def write_lm_report(out_dir: Path, payload: dict[str, Any], step: str) -> list[s
     md = [f"# Evaluation: {step}", "", summary, "", setup, "", "## Models", "", _md(_lm_table(results, baseline)), ""]
     body = [f"<h1>Evaluation: {html.escape(step)}</h1>", f"<p><b>{html.escape(summary)}</b></p>",
             f"<p>{html.escape(setup)}</p>", "<h2>Models</h2>", _html_table(_lm_table(results, baseline))]
+    if payload.get("goals"):
+        md += ["## Goals", "", _md(goals_table(payload["goals"])), ""]
+        body += ["<h2>Goals</h2>", _html_table(goals_table(payload["goals"]))]
     if chart:
         md += ["## Perplexity vs decode speed", "", f"![perplexity vs tokens/s]({chart})", ""]
         body.append(f'<h2>Perplexity vs decode speed</h2><img src="{chart}" alt="perplexity vs tokens/s">')

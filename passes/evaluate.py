@@ -26,6 +26,7 @@ from schemas.steps.evaluate import LM_METRICS
 from schemas.target import TargetError, select_providers
 
 from . import _latency, _machine, _onnx_utils, _providers, _report
+from ._goals import apply_goals, goals_line
 from .base import Artifact, Pass, PassError
 from .registry import register_pass
 
@@ -267,18 +268,20 @@ class Evaluate(Pass[EvaluateConfig]):
 
         baseline = names[0]
         _report.add_comparisons(results, baseline)
+        goals, goal_meta = apply_goals(cfg, results, ctx.log)
         environment = self._environment(threads, ctx.target)
         payload = {
             "models": results, "baseline": baseline, "labels": data_labels,
-            "config": cfg.model_dump(mode="json"), "environment": environment,
+            "config": cfg.model_dump(mode="json"), "environment": environment, "goals": goals,
         }
         if timings is not None:
             payload["latency"] = {"schedule": timings.schedule, "samples_ms": timings.samples_ms}
         (ctx.out_dir / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
         _report.write_report(ctx.out_dir, payload, step=ctx.step)
-        summary = _report.summary_line(results, baseline)
+        summary = _report.summary_line(results, baseline) + (f"; {goals_line(goals)}" if goals else "")
         ctx.log(summary)
-        return {"metrics": results, "baseline": baseline, "summary": summary, "execution": _execution(classifiers, ctx.target, threads)}
+        return {"metrics": results, "baseline": baseline, "summary": summary, **goal_meta,
+                "execution": _execution(classifiers, ctx.target, threads)}
 
     def _run_lms(self, models: list[Artifact], data: Artifact, ctx: Any) -> dict[str, Any]:
         """Causal LMs: perplexity, sample answers, decode speed, size (see `_evaluate_lm`)."""

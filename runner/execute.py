@@ -55,7 +55,7 @@ class StepRecord:
 
 @dataclass
 class RunResult:
-    """The outcome of a run: status (ok / failed / interrupted), the steps and where outputs went."""
+    """The outcome of a run: status (ok / failed / goals_missed / interrupted), the steps and where outputs went."""
 
     status: str
     steps: dict[str, StepRecord]
@@ -65,8 +65,8 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        """0 ok, 1 a step failed, 130 interrupted."""
-        return {"ok": 0, "failed": 1}.get(self.status, 130)
+        """0 ok, 1 a step failed or an `on_goal_miss: fail` goal was missed, 130 interrupted."""
+        return {"ok": 0, "failed": 1, "goals_missed": 1}.get(self.status, 130)
 
 
 class RunnerContext:
@@ -190,15 +190,20 @@ def run_workflow(loaded: LoadedWorkflow, options: RunOptions) -> RunResult:
         console.line("interrupted: nothing half-built was kept in the cache", style="red")
     finally:
         cache.fingerprints.close()
+    goals_missed = [r.name for r in records.values()
+                    if r.status in ("ran", "cached") and r.meta.get("goals_fail") and r.meta.get("goals_missed")]
+    if status == "ok" and goals_missed:
+        status = "goals_missed"  # every step worked; an evaluate step's `on_goal_miss: fail` goals were not met
     if status != "interrupted":
         copy_outputs(loaded, records, artifacts, out_dir, console)
     result = RunResult(status, records, out_dir, started, time.time())
     write_run_files(loaded, result, artifacts, options)
-    verdict = {"ok": "finished", "failed": "FAILED", "interrupted": "interrupted"}[status]
+    verdict = {"ok": "finished", "failed": "FAILED", "interrupted": "interrupted", "goals_missed": "finished, GOALS MISSED"}[status]
     failed = [r.name for r in records.values() if r.status == "failed"]
     console.line(
         f"run {verdict} in {result.finished - started:.1f} s"
         + (f" (failed: {', '.join(failed)})" if failed else "")
+        + (f" (goals missed in: {', '.join(goals_missed)})" if status == "goals_missed" else "")
         + f"; outputs, run.json and report.md in {out_dir}",
         style="green" if status == "ok" else "red",
     )

@@ -44,6 +44,8 @@ class FakeAppendConfig(StepConfig):
     suffix: str = Field("!", description="what to append")
     fail: bool = Field(False, description="raise after writing half the output")
     sleep: float = Field(0.0, ge=0, description="seconds to sleep while working")
+    goals_missed: int = Field(0, ge=0, description="report this many missed goals (as evaluate does)")
+    goals_fail: bool = Field(False, description="and ask the runner to fail the run for them")
 
     output_kind: ClassVar[str] = "dataset"
 
@@ -102,7 +104,8 @@ class FakeAppend(Pass[FakeAppendConfig]):
         if self.config.fail:
             raise PassError("asked to fail")
         (ctx.out_dir / "text.txt").write_text(text + self.config.suffix)
-        return {"summary": f"appended {self.config.suffix!r}", "metrics": {"length": len(text) + len(self.config.suffix)}}
+        goals = {"goals_missed": self.config.goals_missed, "goals_fail": self.config.goals_fail} if self.config.goals_missed else {}
+        return {"summary": f"appended {self.config.suffix!r}", "metrics": {"length": len(text) + len(self.config.suffix)}, **goals}
 
 
 @register_pass

@@ -44,12 +44,17 @@ def test_quickstart_meets_the_targets(quickstart):
     assert int8["accuracy"] >= 0.98
     assert abs(int8["accuracy"] - merged["accuracy"]) <= 0.005
     assert int8["size_mb"] <= 0.30 * onnx["size_mb"]
-    # Timed in one process, interleaved: the ratio holds on a noisy machine. The acceptance figure
-    # is 4x; under heavy load (another job on the 2 cores) eager PyTorch slows down more than
-    # onnxruntime, so this can only be flattering, never falsely failing.
-    assert int8["speedup"] >= 3.0, int8  # the acceptance figure (4x) is measured on a quiet machine: see the note
+    # Timed in one process, interleaved, once the cores work in parallel (passes/_machine.py): 4.4-4.5x
+    # here. The 4x goal is the recipe's and is reported; this guard is lower because the machine's state can
+    # still turn during the timing (the second core stops helping; ONNX Runtime suffers more than PyTorch).
+    assert int8["speedup"] >= 3.0, int8
+    assert int8["parallel_speedup"] > 0 and int8["settle_wait_s"] >= 0
+    goals = {r["metric"]: r for r in doc["steps"]["report"]["meta"]["goals"]}
+    assert set(goals) == {"accuracy", "accuracy_delta_pt", "size_ratio", "speedup"}
+    assert goals["accuracy"]["met"] and goals["accuracy_delta_pt"]["met"] and goals["size_ratio"]["met"], goals
+    assert goals["speedup"]["value"] == pytest.approx(int8["speedup"])
     report = (folder / "out" / "report.md").read_text()
-    assert "int8" in report and "speedup" in report.lower()
+    assert "int8" in report and "speedup" in report.lower() and "### Goals" in report
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..base import Dataset, HfModel, OnnxModel, Ref, StepConfig
 from ..registry import register_step
@@ -15,6 +15,32 @@ CLASSIFIER_METRICS = ("accuracy", "f1", "precision", "recall", "confusion_matrix
 LM_METRICS = ("perplexity", "generate", "tokens_per_second", "time_to_first_token")
 Metric = Literal["accuracy", "f1", "precision", "recall", "confusion_matrix", "latency", "size",
                  "perplexity", "generate", "tokens_per_second", "time_to_first_token"]
+
+#: What a goal can be set on -> the metric the step must measure for it.
+GOAL_METRICS = {
+    "accuracy": "accuracy", "accuracy_delta_pt": "accuracy", "f1": "f1", "precision": "precision", "recall": "recall",
+    "latency_p50_ms": "latency", "latency_p90_ms": "latency", "latency_p99_ms": "latency", "speedup": "latency",
+    "throughput_sps": "latency", "size_mb": "size", "size_ratio": "size",
+    "perplexity": "perplexity", "perplexity_ratio": "perplexity", "tokens_per_second": "tokens_per_second",
+    "tokens_per_second_ratio": "tokens_per_second", "time_to_first_token_ms": "time_to_first_token",
+}
+
+
+class Goal(BaseModel):
+    """A bound a measured metric must meet: `min`, `max` or both (inclusive)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min: float | None = Field(None, description="The metric must be at least this.")
+    max: float | None = Field(None, description="The metric must be at most this.")
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> "Goal":
+        if self.min is None and self.max is None:
+            raise ValueError("a goal needs `min`, `max` or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"`min` {self.min} is above `max` {self.max}")
+        return self
 
 
 @register_step
@@ -46,6 +72,14 @@ class EvaluateConfig(StepConfig):
         5, ge=1, le=1000, description="Causal LMs: timed generations per model for tokens/s (after `warmup` ones)."
     )
     threads: int | None = Field(None, ge=1, le=256, description="Threads for PyTorch and ONNX Runtime; default: the target's, else all cores.")
+    goals: dict[str, dict[str, Goal]] = Field(
+        default_factory=dict,
+        description="Per model step, bounds on its metrics, e.g. {int8: {accuracy: {min: 0.98}, speedup: {min: 4}}}; "
+                    "the report and run.json say which were met.",
+    )
+    on_goal_miss: Literal["warn", "fail"] = Field(
+        "warn", description="A missed goal: `warn` (logged and reported) or `fail` (the run exits 1; the results are kept)."
+    )
 
     output_kind: ClassVar[str] = "metrics"
 
@@ -56,5 +90,14 @@ class EvaluateConfig(StepConfig):
         if lm and clf:
             raise ValueError(f"{', '.join(clf)} measure classifiers and {', '.join(lm)} causal LMs: "
                              "one evaluate step measures one kind of model")
+        for model, goals in self.goals.items():
+            if model not in self.models:
+                raise ValueError(f"goals for {model!r}, which is not in `models` ({', '.join(self.models)})")
+            for metric in goals:
+                needs = GOAL_METRICS.get(metric)
+                if needs is None:
+                    raise ValueError(f"goals.{model}: no metric {metric!r}; goals can bound {', '.join(GOAL_METRICS)}")
+                if needs not in self.metrics:
+                    raise ValueError(f"goals.{model}.{metric} needs `{needs}` in `metrics`")
         return self
     uses_target: ClassVar[bool] = True

@@ -207,3 +207,32 @@ def test_minilm_int8_faster_than_pytorch(tmp_path, tiny_dataset, make_ctx):
     assert m["int8"]["parallel_speedup"] == m["fp32"]["parallel_speedup"] > 0
     assert 0 <= m["int8"]["settle_wait_s"] <= 40
     assert m["int8"]["size_ratio"] < 0.35
+
+
+def test_goals_are_checked_reported_and_kept(tiny_bert_classifier_dir, tiny_onnx_dir, tiny_dataset, make_ctx):
+    ctx = make_ctx("report")
+    goals = {"onnx": {"accuracy": {"min": 0.0}, "size_ratio": {"max": 10}, "speedup": {"min": 1000}}}
+    meta = Evaluate(_config(goals=goals, on_goal_miss="fail")).run(
+        {"models": _models(tiny_bert_classifier_dir, tiny_onnx_dir), "data": tiny_dataset}, ctx)
+
+    rows = {r["metric"]: r for r in meta["goals"]}
+    assert rows["accuracy"]["met"] and rows["size_ratio"]["met"] and not rows["speedup"]["met"]
+    assert rows["speedup"]["value"] == pytest.approx(meta["metrics"]["onnx"]["speedup"])
+    assert meta["goals_missed"] == 1 and meta["goals_fail"] is True  # the runner fails the run on these
+    assert "goals 2/3 met, missed: onnx speedup" in meta["summary"] and "(≥ 1000)" in meta["summary"]
+    assert json.loads((ctx.out_dir / "metrics.json").read_text())["goals"] == meta["goals"]
+    report = (ctx.out_dir / "report.md").read_text()
+    assert "## Goals" in report and "| onnx | speedup | ≥ 1000 |" in report and "| NO |" in report
+
+
+@pytest.mark.parametrize("goals, message", [
+    ({"int8": {"accuracy": {"min": 0.9}}}, "goals for 'int8', which is not in `models`"),
+    ({"onnx": {"acc": {"min": 0.9}}}, "no metric 'acc'"),
+    ({"onnx": {"perplexity": {"max": 20}}}, "needs `perplexity` in `metrics`"),
+    ({"onnx": {"accuracy": {}}}, "a goal needs `min`, `max` or both"),
+    ({"onnx": {"accuracy": {"min": 0.9, "max": 0.8}}}, "is above `max`"),
+    ({"onnx": {"accuracy": {"least": 0.9}}}, "least"),
+])
+def test_bad_goals_are_config_errors(goals, message):
+    with pytest.raises(ValueError, match=message):
+        _config(goals=goals)

@@ -61,9 +61,11 @@ def evaluate(models, data, make_ctx, **kw):
 
 def test_tuning_lowers_perplexity_and_everything_is_reported(tiny_llama_dir, tuned_dir, qa_data, make_ctx):
     models = [make_artifact("hf_model", tiny_llama_dir, LM, "base"), make_artifact("hf_model", tuned_dir, LM, "tuned")]
-    meta, ctx = evaluate(models, qa_data, make_ctx)
+    meta, ctx = evaluate(models, qa_data, make_ctx, goals={"tuned": {"perplexity_ratio": {"max": 0.5}, "tokens_per_second": {"min": 1e9}}})
     base, tuned = meta["metrics"]["base"], meta["metrics"]["tuned"]
     assert tuned["perplexity"] < base["perplexity"] / 2 and tuned["perplexity_ratio"] < 0.5
+    assert [r["met"] for r in meta["goals"]] == [True, False] and meta["goals_missed"] == 1 and not meta["goals_fail"]
+    assert "goals 1/2 met" in meta["summary"] and "## Goals" in (ctx.out_dir / "report.md").read_text()
     for m in (base, tuned):
         assert m["tokens_per_second"] > 0 and m["time_to_first_token_ms"] > 0 and m["new_tokens"] == 6
         assert m["size_mb"] > 0 and m["runtime"] == "PyTorch fp32" and m["samples"] == 8

@@ -67,6 +67,22 @@ def test_a_failing_step_exits_1_caches_nothing_and_independent_steps_still_run(t
     assert not list((cache.root / "tmp").iterdir())  # and no half-built folder
 
 
+def test_missed_goals_fail_the_run_only_when_asked_and_keep_the_results(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FAKE_COUNTER", str(tmp_path / "counter.txt"))
+    wf = fake_project(tmp_path)
+    assert run(wf, tmp_path, "--set", "steps.a.goals_missed=2") == 0  # on_goal_miss: warn
+    assert run(wf, tmp_path, "--set", "steps.a.goals_missed=2", "--set", "steps.a.goals_fail=true") == 1
+    assert "GOALS MISSED" in capsys.readouterr().err
+    doc = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert doc["status"] == "goals_missed" and doc["exit_code"] == 1
+    assert {s["status"] for s in doc["steps"].values()} <= {"ran", "cached"}  # every step worked
+    assert (tmp_path / "out" / "joined" / "text.txt").exists()  # outputs are written
+    # the step is cached with its findings: a re-run that runs nothing still exits 1
+    before = len(counts(tmp_path))
+    assert run(wf, tmp_path, "--set", "steps.a.goals_missed=2", "--set", "steps.a.goals_fail=true") == 1
+    assert len(counts(tmp_path)) == before
+
+
 def test_fail_fast_stops_at_the_first_failure(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_COUNTER", str(tmp_path / "counter.txt"))
     wf = fake_project(tmp_path)
