@@ -123,6 +123,10 @@ def run_node(workflow: Path, step: str, input_pairs: Sequence[str], output: Path
             return 1  # the failure and its reason are printed by the runner
         export_artifact(artifact, output)
         console.line(f"{step}: {record.status} ({artifact.kind}, key {record.key}); artifact written to {output}")
+        if artifact.meta.get("goals_fail") and artifact.meta.get("goals_missed"):
+            # as `pipeline run` does (status goals_missed): the results are kept, the node says they miss
+            console.line(f"{step}: {artifact.meta['goals_missed']} goal(s) missed and `on_goal_miss: fail`", style="red")
+            return 1
         return 0
     finally:
         console.close()

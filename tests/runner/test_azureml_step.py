@@ -109,3 +109,14 @@ def test_a_failing_step_exits_1_and_writes_no_artifact(tmp_path, capsys):
     assert code == 1
     assert "asked to fail" in capsys.readouterr().err
     assert not (tmp_path / "a" / "artifact.json").exists()
+
+
+def test_missed_goals_fail_the_node_but_keep_its_artifact(tmp_path, capsys):
+    wf = fake_project(tmp_path)
+    assert cli("step", wf, "src", "--output", tmp_path / "src") == 0
+    goals = ("--set", "steps.a.goals_missed=1", "--set", "steps.a.goals_fail=true")
+    code = cli("step", wf, "a", *goals, "--input", f"src={tmp_path / 'src'}", "--output", tmp_path / "a")
+    assert code == 1 and "1 goal(s) missed" in capsys.readouterr().err
+    assert (tmp_path / "a" / "artifact.json").exists()
+    warn = ("--set", "steps.a.goals_missed=1")
+    assert cli("step", wf, "a", *warn, "--input", f"src={tmp_path / 'src'}", "--output", tmp_path / "a2") == 0
