@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from ..base import Dataset, HfModel, OnnxModel, Ref, StepConfig
 from ..registry import register_step
@@ -90,14 +90,22 @@ class EvaluateConfig(StepConfig):
         if lm and clf:
             raise ValueError(f"{', '.join(clf)} measure classifiers and {', '.join(lm)} causal LMs: "
                              "one evaluate step measures one kind of model")
-        for model, goals in self.goals.items():
-            if model not in self.models:
-                raise ValueError(f"goals for {model!r}, which is not in `models` ({', '.join(self.models)})")
-            for metric in goals:
+        return self
+
+    @field_validator("goals")
+    @classmethod
+    def _check_goals(cls, goals: dict[str, dict[str, Goal]], info: ValidationInfo) -> dict[str, dict[str, Goal]]:
+        models, metrics = info.data.get("models"), info.data.get("metrics")
+        if models is None or metrics is None:  # already reported
+            return goals
+        for model, bounds in goals.items():
+            if model not in models:
+                raise ValueError(f"goals for {model!r}, which is not in `models` ({', '.join(models)})")
+            for metric in bounds:
                 needs = GOAL_METRICS.get(metric)
                 if needs is None:
-                    raise ValueError(f"goals.{model}: no metric {metric!r}; goals can bound {', '.join(GOAL_METRICS)}")
-                if needs not in self.metrics:
-                    raise ValueError(f"goals.{model}.{metric} needs `{needs}` in `metrics`")
-        return self
+                    raise ValueError(f"{model}: no metric {metric!r}; goals can bound {', '.join(GOAL_METRICS)}")
+                if needs not in metrics:
+                    raise ValueError(f"{model}.{metric} needs `{needs}` in `metrics`")
+        return goals
     uses_target: ClassVar[bool] = True

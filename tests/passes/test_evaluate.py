@@ -228,7 +228,7 @@ def test_goals_are_checked_reported_and_kept(tiny_bert_classifier_dir, tiny_onnx
 @pytest.mark.parametrize("goals, message", [
     ({"int8": {"accuracy": {"min": 0.9}}}, "goals for 'int8', which is not in `models`"),
     ({"onnx": {"acc": {"min": 0.9}}}, "no metric 'acc'"),
-    ({"onnx": {"perplexity": {"max": 20}}}, "needs `perplexity` in `metrics`"),
+    ({"onnx": {"perplexity": {"max": 20}}}, "onnx.perplexity needs `perplexity` in `metrics`"),
     ({"onnx": {"accuracy": {}}}, "a goal needs `min`, `max` or both"),
     ({"onnx": {"accuracy": {"min": 0.9, "max": 0.8}}}, "is above `max`"),
     ({"onnx": {"accuracy": {"least": 0.9}}}, "least"),

@@ -179,3 +179,22 @@ def test_package_paths_resolve_without_import(tmp_path):
     wf = write(tmp_path, HEADER + "  s: {type: fake_source, path: pkg://no_such_package_xyz/file.txt}\n")
     (msg,) = errors_of(wf)
     assert "package 'no_such_package_xyz' is not installed" in msg
+
+
+def test_a_bad_evaluate_goal_points_at_the_goals(tmp_path):
+    (tmp_path / "in.txt").write_text("x")
+    wf = write(tmp_path, """
+        version: 1
+        name: t
+        steps:
+          src: {type: fake_source, path: in.txt}
+          m: {type: fake_train, data: src}
+          ev:
+            type: evaluate
+            models: [m]
+            data: src
+            goals:
+              m: {speed: {min: 4}}
+    """)
+    messages = "\n".join(errors_of(wf))
+    assert "wf.yaml:11:7: steps.ev.goals: m: no metric 'speed'; goals can bound accuracy" in messages
