@@ -14,6 +14,7 @@ Olive is not a dependency of this project. Install it into the venv first:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -28,13 +29,10 @@ RECIPE = ROOT / "pipelines" / "recipes" / "chat-smollm2-int4.yaml"
 
 
 def artifact(cache: Path, run: dict, step: str):
-    """The cached artifact of `step` in the run (its folder and meta)."""
-    from passes.base import Artifact
+    """The cached artifact of `step` in the run, named after it (a shared cache may have built it as another step)."""
+    from runner.cache import Cache
 
-    entry = cache / "artifacts" / run["steps"][step]["key"]
-    info = json.loads((entry / "artifact.json").read_text())
-    return Artifact(kind=info["kind"], path=entry / "data", meta=info.get("meta", {}), digest=run["steps"][step]["key"],
-                    step=step)
+    return dataclasses.replace(Cache(cache).lookup(run["steps"][step]["key"]), step=step)
 
 
 def main() -> int:

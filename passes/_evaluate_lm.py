@@ -29,7 +29,7 @@ from schemas.steps import EvaluateConfig
 from . import _machine, _report
 from ._latency import SETTLE_S
 from ._chat import chat_settings, check_chat_template, encode_prompt, fit, split_pair
-from ._goals import apply_goals, goals_line
+from ._goals import apply_goals, with_goals
 from ._genai_run import (GenaiSession, greedy_answer, sequence_nll, speed_summary, timed_genai,
                          timed_torch, torch_generate)
 from .base import Artifact, PassError
@@ -191,7 +191,7 @@ def evaluate_lms(cfg: EvaluateConfig, models: list[Artifact], data: Artifact, ct
     payload["goals"], goal_meta = apply_goals(cfg, results, ctx.log)
     (ctx.out_dir / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
     _report.write_lm_report(ctx.out_dir, payload, step=ctx.step)
-    summary = _report.lm_summary_line(results, baseline) + (f"; {goals_line(payload['goals'])}" if payload["goals"] else "")
+    summary = with_goals(_report.lm_summary_line(results, baseline), payload["goals"])
     ctx.log(summary)
     return {"metrics": results, "baseline": baseline, "summary": summary, **goal_meta}
 
@@ -209,7 +209,7 @@ def _time(runners: dict[str, Any], tokenizer: Any, prompt: str, chat: dict[str, 
             for _ in range(WARMUP_GENERATIONS):
                 runner.timed(ids, n)
                 bar.advance(1)
-        parallel = _machine.settle(threads, ctx.log) if ctx.target.device == "cpu" else {}
+        parallel = _machine.settle(threads, ctx.target.device, ctx.log)
         schedule = []
         for _ in range(cfg.generation_runs):
             names = list(runners)

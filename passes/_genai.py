@@ -38,7 +38,6 @@ tuned model against Olive's own export in one evaluate step: see its comment.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import subprocess
@@ -49,6 +48,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ._onnx_utils import import_nbits_quantizer, quiet_quantizer
 from .base import PassError
 
 BUILDER_VERSION = "0.14.1"
@@ -220,7 +220,7 @@ def _quantize_int8(genai_dir: Path, nodes: list[str], explicit: list[str], optio
                    log: Callable[[str], None]) -> None:
     """Quantize the float MatMul `nodes` of model.onnx to 8-bit MatMulNBits in place."""
     import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    MatMulNBitsQuantizer = import_nbits_quantizer().MatMulNBitsQuantizer  # keeps the root logger as it was
 
     model = onnx.load(str(genai_dir / "model.onnx"))
     names = {n.name for n in model.graph.node if n.op_type == "MatMul"}
@@ -235,14 +235,8 @@ def _quantize_int8(genai_dir: Path, nodes: list[str], explicit: list[str], optio
                                      accuracy_level=int(options.get("int4_accuracy_level", 4)),
                                      # nodes_to_include does not restrict (any MatMul is quantized): exclude the rest
                                      nodes_to_exclude=sorted(names - set(nodes)), op_types_to_quantize=("MatMul",))
-    # The quantizer logs two INFO lines per node (1,300 for SmolLM2) through its own logger: keep warnings only.
-    qlog = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
-    level = qlog.level
-    qlog.setLevel(logging.WARNING)
-    try:
+    with quiet_quantizer():  # two INFO lines per node (1,300 for SmolLM2) otherwise
         quantizer.process()
-    finally:
-        qlog.setLevel(level)
     with tempfile.TemporaryDirectory(dir=genai_dir) as tmp:
         onnx.save_model(quantizer.model.model, str(Path(tmp) / "model.onnx"), save_as_external_data=True,
                         all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=1024)

@@ -24,6 +24,7 @@ decode rate after it; medians over runs.
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -200,12 +201,8 @@ def timed_torch(model: Any, tokenizer: Any, ids: list[int], n: int) -> tuple[flo
 
 def speed_summary(runs: Sequence[tuple[float, float]], n: int) -> dict[str, Any]:
     """Medians of (first, total) runs: tokens/s after the first token, time to first token in ms."""
-    rates = sorted((n - 1) / (total - first) for first, total in runs if total > first)
-    firsts = sorted(first for first, _ in runs)
-    return {"tokens_per_second": _median(rates), "time_to_first_token_ms": _median(firsts) * 1000,
+    rates = [(n - 1) / (total - first) for first, total in runs if total > first]
+    firsts = [first for first, _ in runs]
+    return {"tokens_per_second": statistics.median(rates), "time_to_first_token_ms": statistics.median(firsts) * 1000,
             "new_tokens": n, "runs": len(runs)}
 
-
-def _median(values: Sequence[float]) -> float:
-    values, mid = sorted(values), len(values) // 2
-    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2

@@ -42,6 +42,11 @@ def goals_line(rows: list[dict[str, Any]]) -> str:
     return line
 
 
+def with_goals(summary: str, rows: list[dict[str, Any]]) -> str:
+    """A step summary with the goals line after it (unchanged without goals)."""
+    return f"{summary}; {goals_line(rows)}" if rows else summary
+
+
 def apply_goals(cfg: Any, results: dict[str, dict[str, Any]], log: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Check the step's goals: (the rows for metrics.json and the report, the fields for the step's meta)."""
     if not cfg.goals:

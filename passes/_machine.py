@@ -122,10 +122,10 @@ def wait_for_parallel(probe: Callable[[], float], threads: int, timeout_s: float
     return speedup, waited
 
 
-def settle(threads: int, log: Callable[[str], None], timeout_s: float = SETTLE_TIMEOUT_S) -> dict[str, float]:
+def settle(threads: int, device: str, log: Callable[[str], None], timeout_s: float = SETTLE_TIMEOUT_S) -> dict[str, float]:
     """Before timing on the CPU with `threads` > 1: wait for the cores (`wait_for_parallel`), warn if they stay
-    degraded; what to record with the latencies ({} for one thread, where the probe means nothing)."""
-    if threads <= 1:
+    degraded; what to record with the latencies ({} for one thread or another device: the probe means nothing)."""
+    if threads <= 1 or device != "cpu":
         return {}
     speedup, waited = wait_for_parallel(ParallelProbe(threads).speedup, threads, timeout_s, log=log)
     check_parallel(speedup, threads, log)

@@ -26,7 +26,7 @@ from schemas.steps.evaluate import LM_METRICS
 from schemas.target import TargetError, select_providers
 
 from . import _latency, _machine, _onnx_utils, _providers, _report
-from ._goals import apply_goals, goals_line
+from ._goals import apply_goals, with_goals
 from .base import Artifact, Pass, PassError
 from .registry import register_pass
 
@@ -253,7 +253,7 @@ class Evaluate(Pass[EvaluateConfig]):
             timings = None
             if "latency" in cfg.metrics:
                 # Timed before the quality pass: right after a burst of work on every core, the second core
-                # stopped helping multi-threaded runs here for 15-30 s (passes/_machine.py).
+                # stopped helping multi-threaded runs here for 10-30 s (passes/_machine.py).
                 timings = self._time(classifiers, texts, ctx, results, threads)
             quality = [m for m in cfg.metrics if m in ("accuracy", "f1", "precision", "recall", "confusion_matrix")]
             if quality:
@@ -278,7 +278,7 @@ class Evaluate(Pass[EvaluateConfig]):
             payload["latency"] = {"schedule": timings.schedule, "samples_ms": timings.samples_ms}
         (ctx.out_dir / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
         _report.write_report(ctx.out_dir, payload, step=ctx.step)
-        summary = _report.summary_line(results, baseline) + (f"; {goals_line(goals)}" if goals else "")
+        summary = with_goals(_report.summary_line(results, baseline), goals)
         ctx.log(summary)
         return {"metrics": results, "baseline": baseline, "summary": summary, **goal_meta,
                 "execution": _execution(classifiers, ctx.target, threads)}
@@ -376,7 +376,7 @@ class Evaluate(Pass[EvaluateConfig]):
         total = cfg.repeats * len(runners)
         load_before = _latency.load_average()
         # Timing starts once the cores work in parallel again (after loading, or a previous step's burst).
-        parallel = _machine.settle(threads, ctx.log) if ctx.target.device == "cpu" else {}
+        parallel = _machine.settle(threads, ctx.target.device, ctx.log)
         ctx.log(f"timing {len(runners)} model(s): batch {cfg.batch_size}, {cfg.sequence_length} tokens, {threads} thread(s), {cfg.warmup} warmup + {cfg.repeats} runs each in {cfg.blocks} interleaved blocks")
         with ctx.progress(total, "latency") as bar:
             timings = _latency.time_interleaved(runners, warmup=cfg.warmup, repeats=cfg.repeats, blocks=cfg.blocks, seed=SHUFFLE_SEED, progress=bar)

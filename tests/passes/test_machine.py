@@ -65,5 +65,6 @@ def test_check_passes_settled_cores_silently():
     assert _machine.check_parallel(1.7, 2, lines.append) is True and lines == []
 
 
-def test_settle_skips_one_thread():
-    assert _machine.settle(1, print) == {}
+def test_settle_skips_one_thread_and_other_devices():
+    assert _machine.settle(1, "cpu", print) == {}
+    assert _machine.settle(2, "gpu", print) == {}
