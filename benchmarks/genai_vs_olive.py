@@ -56,7 +56,7 @@ def main() -> int:
                         "int4", "-o", str(olive_dir)], check=True, env=env, capture_output=True,
                        cwd=args.cache_dir)  # Olive writes its own .olive-cache in the working folder
     from passes.base import Artifact, SimpleContext
-    from passes.evaluate import Evaluate
+    from passes.evaluate.steps import Evaluate
     from schemas.steps import EvaluateConfig
 
     olive = Artifact(kind="onnx_model", path=olive_dir, meta={"task": "causal-lm", "format": "genai"}, digest="olive",

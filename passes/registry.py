@@ -7,23 +7,23 @@ import importlib
 from schemas import get_step_type
 from schemas.registry import load_plugins
 
-from .base import Pass
+from passes.base import Pass
 
 _PASSES: dict[str, type[Pass]] = {}
 
 #: Where each built-in pass lives. A module is imported only when a workflow uses one of its step
 #: types (as Olive does), and its heavy libraries only inside `run`.
 BUILTIN_PASSES = {
-    "model": "passes.model",
-    "load_data": "passes.data",
-    "lora": "passes.train",
-    "qlora": "passes.train",
-    "finetune": "passes.train",
-    "merge_adapter": "passes.train",
-    "export_onnx": "passes.onnx_export",
-    "optimize_onnx": "passes.optimize_onnx",
-    "quantize": "passes.quantize",
-    "evaluate": "passes.evaluate",
+    "model": "passes.sources.model",
+    "load_data": "passes.sources.data",
+    "lora": "passes.train.steps",
+    "qlora": "passes.train.steps",
+    "finetune": "passes.train.steps",
+    "merge_adapter": "passes.train.steps",
+    "export_onnx": "passes.onnx.export",
+    "optimize_onnx": "passes.onnx.optimize",
+    "quantize": "passes.onnx.quantize",
+    "evaluate": "passes.evaluate.steps",
 }
 
 

@@ -96,7 +96,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def cmd_targets(args: argparse.Namespace) -> int:
     """The execution providers and onnxruntime flavours here; with a workflow, what each target would use."""
-    from passes._providers import describe_machine
+    from passes.ort.providers import describe_machine
 
     machine = describe_machine()
     rows = _workflow_targets(args, [p["name"] for p in machine["providers"]]) if args.workflow else []

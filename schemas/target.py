@@ -2,7 +2,7 @@
 pure logic that decides which providers a session gets.
 
 No ML library is imported here. `pipeline validate` finds the available providers from the installed
-distributions (importlib.metadata), the passes from onnxruntime itself (passes/_providers.py); both
+distributions (importlib.metadata), the passes from onnxruntime itself (passes/ort/providers.py); both
 hand the names to `select_providers`, so one function decides, and tests fake the list.
 
 A device's default providers are candidates in order of preference: the first one available is used,

@@ -4,32 +4,18 @@ from __future__ import annotations
 
 import csv
 import os
-import random
 from pathlib import Path
 
 import pytest
+
+from tests.builders import (build_byte_level_tokenizer, build_tiny_llama, build_wordpiece_tokenizer, export_classifier,
+                            make_artifact, tiny_corpus)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
-ROOT = Path(__file__).resolve().parent.parent
-
-_SPAM = ["win", "free", "prize", "cash", "claim", "urgent", "offer", "txt", "reply", "now", "call", "bonus"]
-_HAM = ["see", "you", "lunch", "tomorrow", "home", "later", "mum", "dinner", "ok", "love", "going", "work"]
-
-
-def tiny_corpus(n: int = 120, seed: int = 0) -> list[tuple[str, str]]:
-    """Deterministic (text, label) pairs a tiny model separates easily: spam words vs ham words."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        label = "spam" if i % 2 else "ham"
-        words = _SPAM if label == "spam" else _HAM
-        rows.append((" ".join(rng.choice(words) for _ in range(rng.randint(4, 10))) + f" {i}", label))
-    return rows
 
 
 @pytest.fixture(autouse=True)
@@ -55,26 +41,6 @@ def tiny_csv(tmp_path) -> Path:
     return path
 
 
-def _build_tokenizer(folder: Path, lowercase: bool = True):
-    """A WordPiece tokenizer trained on the tiny corpus, saved as a BERT fast tokenizer."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertTokenizerFast
-
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    trainer = trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials)
-    tok.train_from_iterator([t for t, _ in tiny_corpus(400)] + [" ".join(_SPAM + _HAM)], trainer)
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
-    )
-    fast = BertTokenizerFast(tokenizer_object=tok, model_max_length=128)
-    fast.save_pretrained(folder)
-    return fast
-
-
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
     """A tiny BERT encoder without a classification head (like MiniLM) and its tokenizer."""
@@ -82,32 +48,13 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     from transformers import BertConfig, BertModel
 
     folder = tmp_path_factory.mktemp("tiny_bert")
-    tok = _build_tokenizer(folder)
+    tok = build_wordpiece_tokenizer(folder)
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
         intermediate_size=64, max_position_embeddings=128,
     )
     BertModel(config).save_pretrained(folder)
-    return folder
-
-
-def build_tiny_llama(folder: Path, tokenizer_dir: Path, hidden: int = 32) -> Path:
-    """A tiny random LlamaForCausalLM that uses the tiny BERT tokenizer as its vocabulary."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    # Left padding, as many chat models ship: training must still pad on the right.
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir, padding_side="left")
-    tok.save_pretrained(folder)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
-        bos_token_id=tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id,
-        eos_token_id=tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id, pad_token_id=tok.pad_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)
     return folder
 
 
@@ -124,28 +71,6 @@ def tiny_chat_llama_dir(tmp_path_factory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny_chat_llama"), tokenizer, hidden=64)
 
 
-def build_byte_level_tokenizer(folder: Path):
-    """A GPT-2 style byte-level BPE (what Llama-3, Qwen and SmolLM use), trained on the tiny corpus, with a
-    chat template: a tokenizer onnxruntime-genai's own tokenizer reads too (it refuses BERT's WordPiece)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    words = " ".join(_SPAM + _HAM)
-    tok.train_from_iterator([t for t, _ in tiny_corpus(400)] + [words, "say cash home lunch prize please"], trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                   pad_token="<|endoftext|>", unk_token="<|endoftext|>", model_max_length=128)
-    fast.chat_template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
-                          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-    fast.save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="session")
 def tiny_llama64_dir(tmp_path_factory, tiny_bert_dir) -> Path:
     """The same with hidden size 64: bitsandbytes' 4-bit CPU kernels need rows of at least one 64-value block."""
@@ -159,7 +84,7 @@ def tiny_bert_classifier_dir(tmp_path_factory) -> Path:
     from transformers import BertConfig, BertForSequenceClassification
 
     folder = tmp_path_factory.mktemp("tiny_bert_cls")
-    tok = _build_tokenizer(folder)
+    tok = build_wordpiece_tokenizer(folder)
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -168,13 +93,6 @@ def tiny_bert_classifier_dir(tmp_path_factory) -> Path:
     )
     BertForSequenceClassification(config).save_pretrained(folder)
     return folder
-
-
-def make_artifact(kind: str, path: Path, meta: dict, step: str = "upstream"):
-    """An `Artifact` for a folder built in a test (the runner computes real digests)."""
-    from passes.base import Artifact
-
-    return Artifact(kind=kind, path=Path(path), meta=meta, digest="0" * 64, step=step)
 
 
 @pytest.fixture
@@ -211,3 +129,9 @@ def make_ctx(tmp_path):
         return SimpleContext(step=step, out_dir=out, workflow_dir=tmp_path, quiet=True, **kwargs)
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_classifier(tiny_bert_classifier_dir, tmp_path_factory):
+    """The tiny classifier exported once per session (an onnx_model artifact; read it, never write into it)."""
+    return export_classifier(tiny_bert_classifier_dir, tmp_path_factory.mktemp("tiny_onnx") / "onnx")

@@ -1,0 +1,411 @@
+"""onnxruntime-genai (0.14.1) for causal LMs: build a folder genai runs, with multi-LoRA adapters.
+
+API (what the export pass calls; running and measuring the folder is `_genai_run`):
+
+- `build_genai(model_dir, out_dir, precision, execution_provider, options, threads, log)` -> facts: runs the
+  genai model builder in a child process (`python -m onnxruntime_genai.models.builder`; its output streams
+  into `log`). A child, not an in-process call: the builder puts its own folder on `sys.path`, prints
+  progress bars, and keeps ~2x the model in memory until the process ends. `options` are the builder's
+  `--extra_options`, checked against what 0.14.1 reads (`BUILDER_OPTIONS`); `threads` goes into
+  genai_config.json (`intra_op_num_threads`: without it genai ran one thread here).
+- `export_adapters(model_dir, {name: peft_dir}, out_dir, ...)` -> facts: the base built once with LoRA
+  inputs (the builder's `adapter_path`, then the LoRA weights turned into optional graph inputs whose default
+  is an empty rank-0 tensor, so no adapter = the base model), plus `<name>.onnx_adapter` per adapter
+  (onnxruntime's `AdapterFormat`) and `adapters.json`. `_genai_run.GenaiSession(dir)` loads them into
+  `og.Adapters`.
+- `check_options`, `check_precision`, `set_threads`: the checks and the thread setting `build_genai` applies.
+
+Perplexity and decode speed in the table below are measured as `_genai_run` describes.
+
+Measured (SmolLM2-135M-Instruct, cpu, 2 cores; perplexity on 100 chatterbot pairs, every 9th row, chat
+template + short system prompt; greedy 64 tokens, medians of 9 interleaved rounds in 2-5 processes):
+
+| options (int4 unless said)                                   | tokens/s | ppl   | model MB |
+| builder defaults, no thread setting (= Olive's ModelBuilder)  | 129      | 19.44 | 200 |
+| defaults + 2 threads                                          | 178      | 19.44 | 200 |
+| asymmetric + prune_lm_head                                    | 180      | 18.40 | 202 |
+| block 16 (+ asym, + int8 lm_head)                             | 122-136  | 17.61 / 16.44 / 15.86 | 217-236 |
+| rtn_last / k_quant_last                                       |          | 20.74 / 51.1 | 101 / 103 |
+| asym + int8 lm_head + int8 edge layers (0, 1, 28, 29)          | 168      | 16.31 | 219 |
+| asym, int8 "sensitive", prune (the first default)             | 172      | 15.45 | 227 |
+| asym + every MatMul int8                                      | 147      | 14.63 | 271 |
+| fp32                                                          | 52       | 14.52 | 540 |
+
+DEFAULT_INT4_OPTIONS (block 64, asym, int8 "sensitive" + "qkv", prune) was chosen later on the recipe's
+tuned model against Olive's own export in one evaluate step: see its comment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from passes.ort.files import import_nbits_quantizer, quiet_quantizer
+from passes.base import PassError
+
+BUILDER_VERSION = "0.14.1"
+#: Precision -> execution providers the 0.14.1 builder says it supports (its own printed list).
+SUPPORTED = {"fp32": ("cpu", "cuda"), "fp16": ("cuda", "dml", "NvTensorRtRtx", "webgpu"),
+             "bf16": ("cuda", "NvTensorRtRtx"), "int4": ("cpu", "cuda", "dml", "webgpu")}
+#: Builder extra options of 0.14.1 a caller may pass: name -> kind (bool, int choices, str choices, list).
+BUILDER_OPTIONS: dict[str, Any] = {
+    "int4_block_size": (16, 32, 64, 128, 256), "int4_accuracy_level": (0, 1, 2, 3, 4),
+    "int4_is_symmetric": bool, "int4_op_types_to_quantize": list, "int4_nodes_to_exclude": list,
+    "int4_algo_config": ("default", "rtn", "rtn_last", "k_quant", "k_quant_mixed", "k_quant_last", "k_quant_linear"),
+    "shared_embeddings": bool, "prune_lm_head": bool, "disable_qkv_fusion": bool, "include_hidden_states": bool,
+    "qmoe_block_size": (16, 32, 64, 128, 256), "use_8bits_moe": bool, "use_qdq": bool, "enable_cuda_graph": bool,
+    "enable_webgpu_graph": bool, "use_webgpu_fp32": bool, "use_cuda_bf16": bool, "num_hidden_layers": int,
+}
+#: Options of this module (not the builder's): `int8_nodes` lists MatMul nodes (e.g. "/lm_head/MatMul") kept
+#: out of int4 by the builder and then quantized to 8-bit MatMulNBits (onnxruntime's MatMulNBitsQuantizer,
+#: bits=8, the build's block size / symmetry / accuracy level): the builder itself only offers fp32 or int4
+#: per node, except through whole int4_algo_config presets.
+#: The name "sensitive" in `int8_nodes` stands for lm_head plus the QKV and down projections of the first and
+#: last eighth of the layers and every third layer between (llama.cpp's k_quant_mixed choice of layers).
+OWN_OPTIONS = ("int8_nodes",)
+#: Builder options this module sets itself (a folder genai generates text from, offline, no remote code).
+MANAGED_OPTIONS = ("adapter_path", "filename", "config_only", "exclude_embeds", "exclude_lm_head", "hf_token",
+                   "hf_remote")
+#: The int4 cpu options with the best tokens/s within 15% of fp32 perplexity on SmolLM2-135M (table above:
+#: 1.33x Olive's decode rate, +6% perplexity vs Olive's +34%); `build_genai` uses them for int4 on cpu when
+#: the caller gives no `int4_*` option.
+#: Re-measured on the chat recipe's tuned model (test split, one evaluate step with Olive 0.13's export, 12
+#: interleaved runs; merged fp32 perplexity 10.91): block 32 + "sensitive" 12.19 at 1.16-1.22x Olive's
+#: tokens/s; block 64 + "sensitive" 12.65 (+16%, over the 15% bound) at 1.34-1.45x; block 64 + "sensitive"
+#: + every layer's QKV in 8 bits 12.24 (+12%) at 1.45x, 222 MB: the default. Bigger blocks read fewer scales
+#: per token; the attention inputs are what 64-value blocks hurt most.
+DEFAULT_INT4_OPTIONS: dict[str, Any] = {"int4_block_size": 64, "int4_is_symmetric": False, "int4_accuracy_level": 4,
+                                         "int8_nodes": ["sensitive", "qkv"], "prune_lm_head": True}
+#: With LoRA adapters: the first default (block 32, "sensitive" only), the one the adapter tests validate
+#: (an int4 adapter's effect tracks PEFT's within 1.5x of the int4 base's own error).
+ADAPTER_INT4_OPTIONS: dict[str, Any] = {**DEFAULT_INT4_OPTIONS, "int4_block_size": 32, "int8_nodes": ["sensitive"]}
+#: Names `int8_nodes` expands: "sensitive" (lm_head, and the QKV and down projections of a third of the layers,
+#: llama.cpp's k_quant_mixed choice) and "qkv" (every layer's attention input projections).
+INT8_ALIASES = ("sensitive", "qkv")
+ADAPTERS_FILE = "adapters.json"
+_LORA_INPUT = re.compile(r"^model\.layers\.(\d+)\.(attn|mlp)\.(\w+)\.lora_([AB])\.MatMul\.weight$")
+_BUILDER_GROUP = {"q_proj": "attn", "k_proj": "attn", "v_proj": "attn", "o_proj": "attn",
+                  "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
+
+
+# --- building -------------------------------------------------------------------------------------------
+
+
+def check_options(options: dict[str, Any]) -> list[str]:
+    """The builder options as `KEY=VALUE` strings (this module's own options are checked, not passed);
+    PassError listing the valid names for unknown ones."""
+    args = []
+    for key, value in options.items():
+        if key in MANAGED_OPTIONS:
+            raise PassError(f"genai option {key!r} is set by the export itself and cannot be given")
+        kind = list if key in OWN_OPTIONS else BUILDER_OPTIONS.get(key)
+        if kind is None:
+            raise PassError(f"unknown genai builder option {key!r}; onnxruntime-genai {BUILDER_VERSION} accepts: "
+                            + ", ".join(sorted(BUILDER_OPTIONS)) + f" (and this module's {', '.join(OWN_OPTIONS)})")
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise PassError(f"genai option {key!r} takes true or false, not {value!r}")
+            text = "true" if value else "false"
+        elif kind is int:
+            if not isinstance(value, int) or value < 1:
+                raise PassError(f"genai option {key!r} takes a positive integer, not {value!r}")
+            text = str(value)
+        elif kind is list:
+            sep = "/" if key == "int4_op_types_to_quantize" else ","  # how the builder splits the list
+            items = [value] if isinstance(value, str) else list(value)
+            if not items or not all(isinstance(v, str) and v and not re.search(rf"[\s={sep}]", v) for v in items):
+                raise PassError(f"genai option {key!r} takes a list of names (without spaces, '=' or {sep!r}), "
+                                f"not {value!r}")
+            text = sep.join(items)
+        else:
+            if value not in kind:
+                raise PassError(f"genai option {key!r} takes one of {', '.join(map(str, kind))}, not {value!r}")
+            text = str(value)
+        if key not in OWN_OPTIONS:
+            args.append(f"{key}={text}")
+    return args
+
+
+def check_precision(precision: str, execution_provider: str) -> None:
+    """PassError before building when the builder cannot make `precision` for `execution_provider`."""
+    if precision == "int8":
+        raise PassError(f"onnxruntime-genai {BUILDER_VERSION}'s builder has no int8 precision (it makes fp32, fp16, "
+                        "bf16 and int4); use int4 with int4_algo_config rtn_last / k_quant_last (int8 lm_head) or "
+                        "k_quant_mixed (int8 for sensitive layers)")
+    if precision not in SUPPORTED:
+        raise PassError(f"unknown precision {precision!r}; the genai builder makes {', '.join(SUPPORTED)}")
+    if execution_provider not in SUPPORTED[precision]:
+        can = [p for p, eps in SUPPORTED.items() if execution_provider in eps]
+        raise PassError(f"the genai builder does not make {precision} models for {execution_provider!r}"
+                        + (f"; for {execution_provider} use {' or '.join(can)}" if can else
+                           f"; it targets {', '.join(sorted({e for v in SUPPORTED.values() for e in v}))}"))
+
+
+def build_genai(model_dir: Path, out_dir: Path, precision: str, execution_provider: str, options: dict[str, Any],
+                threads: int | None, log: Callable[[str], None], *, adapter_path: Path | None = None,
+                tuned: bool = True) -> dict[str, Any]:
+    """Run the genai builder on a Hugging Face causal-LM folder into `out_dir`; return facts about the result.
+
+    `tuned=False` runs the builder with its own defaults only (no DEFAULT_INT4_OPTIONS, no thread setting):
+    what Olive's ModelBuilder pass writes, for comparisons.
+    """
+    check_precision(precision, execution_provider)
+    options = dict(options)
+    if not tuned:
+        threads = None
+    elif precision == "int4" and execution_provider == "cpu" and not any(k.startswith("int4_") for k in options):
+        options = {**DEFAULT_INT4_OPTIONS, **options}
+    check_options(options)
+    requested = options.get("int8_nodes", [])
+    requested = [requested] if isinstance(requested, str) else list(requested)
+    int8_nodes = _int8_nodes(requested, Path(model_dir))
+    if int8_nodes and precision != "int4":
+        raise PassError("`int8_nodes` applies to int4 builds (the other nodes are int4); remove it or use int4")
+    builder_options = {k: v for k, v in options.items() if k not in OWN_OPTIONS}
+    if int8_nodes:
+        builder_options["int4_nodes_to_exclude"] = list(builder_options.get("int4_nodes_to_exclude", [])) + int8_nodes
+        if "/lm_head/MatMul" in int8_nodes:  # a float lm_head shared with the embedding would not run (notes)
+            builder_options.setdefault("shared_embeddings", False)
+    extra = check_options(builder_options)
+    if adapter_path is not None:
+        extra.append(f"adapter_path={adapter_path}")
+    extra += ["hf_remote=false", "hf_token=false"]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="genai-builder-") as scratch:
+        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(Path(model_dir).resolve()),
+               "-o", str(out_dir.resolve()), "-p", precision, "-e", execution_provider, "-c",
+               str(Path(scratch) / "cache"), "--extra_options", *extra]
+        log(f"genai builder: {precision} for {execution_provider}, options {options or 'defaults'}")
+        _run_builder(cmd, scratch, log)
+    if not (out_dir / "genai_config.json").is_file() or not (out_dir / "model.onnx").is_file():
+        raise PassError(f"the genai builder ended without writing genai_config.json and model.onnx into {out_dir}")
+    if int8_nodes:
+        _quantize_int8(out_dir, int8_nodes, [n for n in requested if n not in INT8_ALIASES], builder_options, log)
+    set_threads(out_dir, threads)
+    files = {p.name: p.stat().st_size for p in sorted(out_dir.iterdir()) if p.is_file()}
+    return {"builder": f"onnxruntime-genai {_version()}", "precision": precision, "execution_provider": execution_provider,
+            "options": options, "intra_op_num_threads": threads, "files": files,
+            "model_bytes": sum(s for n, s in files.items() if n.startswith("model.onnx"))}
+
+
+def _int8_nodes(names: list[str], model_dir: Path) -> list[str]:
+    """`int8_nodes` with the aliases (INT8_ALIASES) expanded; packed and unpacked QKV names both (the absent
+    layout is skipped later)."""
+    if not set(names) & set(INT8_ALIASES):
+        return names
+    layers = int(json.loads((model_dir / "config.json").read_text()).get("num_hidden_layers", 0))
+    qkv = lambda i: [f"/model/layers.{i}/attn/{p}/MatMul" for p in ("qkv_proj", "q_proj", "k_proj", "v_proj")]
+    out = [n for n in names if n not in INT8_ALIASES]
+    if "sensitive" in names:
+        chosen = [i for i in range(layers) if i < layers / 8 or i >= 7 * layers / 8 or (i - round(layers / 8)) % 3 == 2]
+        out.append("/lm_head/MatMul")
+        for i in chosen:
+            out += qkv(i) + [f"/model/layers.{i}/mlp/down_proj/MatMul"]
+    if "qkv" in names:
+        for i in range(layers):
+            out += qkv(i)
+    return list(dict.fromkeys(out))
+
+
+def _quantize_int8(genai_dir: Path, nodes: list[str], explicit: list[str], options: dict[str, Any],
+                   log: Callable[[str], None]) -> None:
+    """Quantize the float MatMul `nodes` of model.onnx to 8-bit MatMulNBits in place."""
+    import onnx
+    MatMulNBitsQuantizer = import_nbits_quantizer().MatMulNBitsQuantizer  # keeps the root logger as it was
+
+    model = onnx.load(str(genai_dir / "model.onnx"))
+    names = {n.name for n in model.graph.node if n.op_type == "MatMul"}
+    missing = sorted(set(nodes) - names)
+    missing = [n for n in missing if n in explicit]  # the aliases name both QKV layouts: skip the absent one
+    nodes = [n for n in nodes if n in names]
+    if missing:
+        raise PassError(f"int8_nodes {', '.join(missing)} are not float MatMul nodes of the built model "
+                        f"(MatMul nodes look like {', '.join(sorted(names)[:3])})")
+    quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=int(options.get("int4_block_size", 32)),
+                                     is_symmetric=bool(options.get("int4_is_symmetric", True)),
+                                     accuracy_level=int(options.get("int4_accuracy_level", 4)),
+                                     # nodes_to_include does not restrict (any MatMul is quantized): exclude the rest
+                                     nodes_to_exclude=sorted(names - set(nodes)), op_types_to_quantize=("MatMul",))
+    with quiet_quantizer():  # two INFO lines per node (1,300 for SmolLM2) otherwise
+        quantizer.process()
+    with tempfile.TemporaryDirectory(dir=genai_dir) as tmp:
+        onnx.save_model(quantizer.model.model, str(Path(tmp) / "model.onnx"), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=1024)
+        for item in Path(tmp).iterdir():
+            os.replace(item, genai_dir / item.name)
+    log(f"quantized {len(nodes)} node(s) to 8 bits: {', '.join(nodes[:3])}{' ...' if len(nodes) > 3 else ''}")
+
+
+def _run_builder(cmd: list[str], cwd: str, log: Callable[[str], None]) -> None:
+    tail: deque[str] = deque(maxlen=25)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            errors="replace")
+    assert proc.stdout is not None
+    for raw in proc.stdout:
+        for line in raw.replace("\r", "\n").splitlines():
+            line = line.rstrip()
+            if not line or "%|" in line or "it/s]" in line:  # progress bars: noise in a log
+                continue
+            tail.append(line)
+            log(f"builder: {line}")
+    if proc.wait() != 0:
+        raise PassError(f"the genai builder failed (exit {proc.returncode}); its last lines:\n" + "\n".join(tail))
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("onnxruntime-genai")
+
+
+def set_threads(genai_dir: Path, threads: int | None) -> None:
+    """Write intra_op_num_threads (and one inter-op thread) into genai_config.json's session options."""
+    if not threads:
+        return
+    path = Path(genai_dir) / "genai_config.json"
+    config = json.loads(path.read_text())
+    session = config["model"]["decoder"].setdefault("session_options", {})
+    session.update(intra_op_num_threads=int(threads), inter_op_num_threads=1)
+    path.write_text(json.dumps(config, indent=4) + "\n")
+
+
+# --- multi-LoRA -----------------------------------------------------------------------------------------
+
+
+def _lora_weights(model_dir: Path, adapters: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    """{adapter: {graph input name: float32 array}} as the builder lays LoRA out: A.T [in, r], (B * scaling).T [r, out]."""
+    import torch
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    peft_model = None
+    for name, path in adapters.items():
+        config = json.loads((Path(path) / "adapter_config.json").read_text())
+        if config.get("peft_type") != "LORA" or config.get("use_dora") or config.get("bias", "none") != "none":
+            raise PassError(f"adapter {name!r} is not a plain LoRA adapter (peft_type {config.get('peft_type')}, "
+                            f"use_dora {config.get('use_dora')}, bias {config.get('bias')}): genai adapters are LoRA only")
+        if peft_model is None:
+            peft_model = PeftModel.from_pretrained(base, str(path), adapter_name=name)
+        else:
+            peft_model.load_adapter(str(path), adapter_name=name)
+    weights: dict[str, dict[str, Any]] = {name: {} for name in adapters}
+    for qualified, module in peft_model.named_modules():  # type: ignore[union-attr]
+        if not isinstance(module, LoraLayer):
+            continue
+        found = re.search(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)$", qualified)
+        if not found or found.group(2) not in _BUILDER_GROUP:
+            raise PassError(f"LoRA on {qualified!r}: the genai builder names LoRA weights only for the attention and "
+                            f"MLP projections ({', '.join(_BUILDER_GROUP)})")
+        layer, proj = found.groups()
+        stem = f"model.layers.{layer}.{_BUILDER_GROUP[proj]}.{proj}"
+        for name in adapters:
+            if name in module.lora_A:
+                a = module.lora_A[name].weight.detach().float()
+                b = module.lora_B[name].weight.detach().float() * module.scaling[name]
+                weights[name][f"{stem}.lora_A.MatMul.weight"] = a.T.contiguous().numpy()
+                weights[name][f"{stem}.lora_B.MatMul.weight"] = b.T.contiguous().numpy()
+    return weights
+
+
+def _lora_node(input_name: str) -> str:
+    """The builder's node name that consumes a LoRA weight (for int4_nodes_to_exclude)."""
+    layer, group, proj, which = _LORA_INPUT.match(input_name).groups()  # type: ignore[union-attr]
+    return f"/model/layers.{layer}/{group}/{proj}/lora_{which}/MatMul"
+
+
+def _make_lora_inputs(genai_dir: Path) -> dict[str, tuple[list[int], str]]:
+    """Turn the LoRA weight initializers of model.onnx into optional inputs (default: rank 0, i.e. no adapter).
+
+    Returns {input name: (shape with -1 for the rank, numpy dtype name)}."""
+    import numpy as np
+    import onnx_ir as ir
+
+    path = genai_dir / "model.onnx"
+    model = ir.load(str(path))
+    ir.external_data.load_to_model(model)
+    found: dict[str, tuple[list[int], str]] = {}
+    for name, value in list(model.graph.initializers.items()):
+        if not _LORA_INPUT.match(name):
+            if ".lora_" in name:
+                raise PassError(f"LoRA weight {name!r} was quantized or renamed by the builder; keep LoRA nodes "
+                                "out of int4 (int4_nodes_to_exclude) and use the default int4_algo_config")
+            continue
+        rows, cols = value.const_value.shape  # type: ignore[union-attr]
+        dtype = value.const_value.dtype.numpy()  # type: ignore[union-attr]
+        is_a = ".lora_A." in name
+        empty = np.zeros((rows, 0) if is_a else (0, cols), dtype=dtype)
+        value.const_value = ir.tensor(empty, name=name)
+        value.shape = ir.Shape([rows, "lora_r"] if is_a else ["lora_r", cols])
+        model.graph.inputs.append(value)
+        found[name] = ([rows, -1] if is_a else [-1, cols], np.dtype(dtype).name)
+    if not found:
+        raise PassError("the builder wrote no LoRA weights into model.onnx; check that the adapters target "
+                        "attention/MLP projections of the model")
+    with tempfile.TemporaryDirectory(dir=genai_dir) as tmp:
+        ir.save(model, str(Path(tmp) / "model.onnx"), external_data="model.onnx.data", size_threshold_bytes=1024)
+        for item in Path(tmp).iterdir():
+            os.replace(item, genai_dir / item.name)
+    return found
+
+
+def export_adapters(model_dir: Path, adapters: dict[str, Path], out_dir: Path, *, precision: str,
+                    execution_provider: str, options: dict[str, Any], threads: int | None,
+                    log: Callable[[str], None]) -> dict[str, Any]:
+    """Build the base once with LoRA inputs and write `<name>.onnx_adapter` per PEFT adapter (+ adapters.json)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    if not adapters:
+        raise PassError("export_adapters needs at least one adapter")
+    for name in adapters:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise PassError(f"adapter name {name!r}: use letters, digits, '_', '-' or '.' (it names a file)")
+    out_dir = Path(out_dir)
+    check_precision(precision, execution_provider)
+    log(f"reading {len(adapters)} LoRA adapter(s): {', '.join(adapters)}")
+    weights = _lora_weights(Path(model_dir), adapters)
+    widest = max(adapters, key=lambda n: len(weights[n]))
+    options = dict(options)
+    if precision == "int4":  # the LoRA MatMuls stay float: their weights are swapped at run time
+        lora_nodes = sorted({_lora_node(k) for k in weights[widest]})
+        options["int4_nodes_to_exclude"] = list(options.get("int4_nodes_to_exclude", [])) + lora_nodes
+        if not any(k.startswith("int4_") and k != "int4_nodes_to_exclude" for k in options):
+            options = {**ADAPTER_INT4_OPTIONS, **options} if execution_provider == "cpu" else options
+    facts = build_genai(model_dir, out_dir, precision, execution_provider, options, threads, log,
+                        adapter_path=adapters[widest])
+    inputs = _make_lora_inputs(out_dir)
+    manifest, described = {}, {}
+    for name, params in weights.items():
+        extra = sorted(set(params) - set(inputs))
+        if extra:
+            raise PassError(f"adapter {name!r} adapts modules the base was not built with ({', '.join(extra[:4])}...): "
+                            f"export adapters that target the same modules (or a subset of {widest!r}'s)")
+        fmt = ort.AdapterFormat()
+        fmt.set_adapter_version(1)
+        fmt.set_model_version(1)
+        # OrtValue borrows the numpy buffer: keep the arrays alive until the file is written
+        arrays = {k: np.ascontiguousarray(v, dtype=inputs[k][1]) for k, v in params.items()}
+        fmt.set_parameters({k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in arrays.items()})
+        file = f"{name}.onnx_adapter"
+        fmt.export_adapter(str(out_dir / file))
+        manifest[name] = file
+        ranks = sorted({v.shape[1] for k, v in params.items() if ".lora_A." in k})
+        described[name] = {"file": file, "bytes": (out_dir / file).stat().st_size, "parameters": len(params),
+                           "rank": ranks[0] if len(ranks) == 1 else ranks}
+        log(f"adapter {name}: {len(params) // 2} LoRA modules, rank {described[name]['rank']} -> {file}")
+    (out_dir / ADAPTERS_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    facts["files"] = {p.name: p.stat().st_size for p in sorted(out_dir.iterdir()) if p.is_file()}
+    facts["model_bytes"] = sum(s for n, s in facts["files"].items() if n.startswith("model.onnx"))
+    return {**facts, "adapters": described, "lora_inputs": len(inputs)}

@@ -1,0 +1,1 @@
+"""The training family: `lora`, `qlora`, `finetune` and `merge_adapter`, with their data and Trainer glue."""

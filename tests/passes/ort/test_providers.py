@@ -1,0 +1,164 @@
+"""Provider selection with the list of available providers faked (CUDA present / absent, QNN as a plugin,
+fallback error vs cpu), the quantization each target picks, and sessions on the CPU provider."""
+
+from __future__ import annotations
+
+import pytest
+
+from schemas import Target
+from schemas.steps import QuantizeConfig
+from schemas.target import CPU, StepTarget, TargetError, providers_from_packages, select_providers
+
+BASE = [CPU, "AzureExecutionProvider"]
+CUDA_BOX = ["TensorrtExecutionProvider", "CUDAExecutionProvider", CPU]
+QNN = "QNNExecutionProvider"
+
+
+def test_cpu_target_uses_the_cpu_provider():
+    choice = select_providers(Target(), BASE)
+    assert choice.providers == (CPU,) and choice.primary == CPU and not choice.missing and not choice.fell_back
+
+
+def test_gpu_with_cuda_present_picks_cuda_first_then_cpu():
+    choice = select_providers(Target(device="gpu"), CUDA_BOX)
+    # CUDA is the first candidate even though onnxruntime lists TensorRT first.
+    assert choice.providers == ("CUDAExecutionProvider", CPU)
+    assert choice.requested == ("CUDAExecutionProvider", "TensorrtExecutionProvider", "DmlExecutionProvider")
+
+
+def test_gpu_falls_to_the_next_candidate_when_installed():
+    assert select_providers(Target(device="gpu"), ["DmlExecutionProvider", CPU]).providers == ("DmlExecutionProvider", CPU)
+
+
+def test_gpu_with_cuda_absent_fallback_error_names_what_to_install():
+    with pytest.raises(TargetError) as info:
+        select_providers(Target(device="gpu"), BASE)
+    err = info.value
+    assert err.message == ("target device gpu needs one of CUDAExecutionProvider, TensorrtExecutionProvider, "
+                           "DmlExecutionProvider; none is available here (onnxruntime offers CPUExecutionProvider, "
+                           "AzureExecutionProvider)")
+    assert "CUDAExecutionProvider is not available: install onnxruntime-gpu" in err.hint
+    assert "DmlExecutionProvider is not available: install onnxruntime-directml (Windows only)" in err.hint
+    assert "set `target.fallback: cpu`" in err.hint and "pipeline targets" in err.hint
+    assert str(err) == f"{err.message}; {err.hint}"
+
+
+def test_gpu_with_cuda_absent_fallback_cpu_warns_and_runs_on_cpu():
+    choice = select_providers(Target(device="gpu", fallback="cpu"), BASE)
+    assert choice.providers == (CPU,) and choice.fell_back
+    assert choice.missing == ("CUDAExecutionProvider", "TensorrtExecutionProvider", "DmlExecutionProvider")
+    assert choice.warning.endswith("running on CPUExecutionProvider instead (target.fallback: cpu)")
+
+
+def test_named_providers_must_all_be_there_or_fall_back():
+    target = Target(device="gpu", providers=["TensorrtExecutionProvider", "CUDAExecutionProvider"])
+    assert select_providers(target, CUDA_BOX).providers == ("TensorrtExecutionProvider", "CUDAExecutionProvider", CPU)
+    with pytest.raises(TargetError, match=r"^target provider\(s\) TensorrtExecutionProvider not available here"):
+        select_providers(target, ["CUDAExecutionProvider", CPU])
+    relaxed = Target(device="gpu", providers=["TensorrtExecutionProvider", "CUDAExecutionProvider"], fallback="cpu")
+    choice = select_providers(relaxed, ["CUDAExecutionProvider", CPU])
+    assert choice.providers == ("CUDAExecutionProvider", CPU) and choice.missing == ("TensorrtExecutionProvider",)
+
+
+def test_qnn_as_a_plugin():
+    # onnxruntime-qnn is a plugin package: validation sees the distribution, the passes its registered EP.
+    assert QNN in providers_from_packages({"onnxruntime", "onnxruntime-qnn"})
+    assert QNN not in providers_from_packages({"onnxruntime"})
+    assert providers_from_packages({"onnxruntime"}, [QNN])[-1] == QNN  # a library path in provider_libraries
+    choice = select_providers(Target(device="npu"), [*BASE, QNN])
+    assert choice.providers == (QNN, CPU)
+    with pytest.raises(TargetError) as info:
+        select_providers(Target(device="npu"), BASE)
+    assert "QNNExecutionProvider is not available: install onnxruntime-qnn" in info.value.hint
+    assert "OpenVINOExecutionProvider is not available: install onnxruntime-openvino" in info.value.hint
+    assert select_providers(Target(device="npu", fallback="cpu"), BASE).providers == (CPU,)
+
+
+def test_unknown_provider_gets_a_generic_hint():
+    with pytest.raises(TargetError) as info:
+        select_providers(Target(providers=["ContosoExecutionProvider"]), BASE)
+    assert "ContosoExecutionProvider is not available: install an onnxruntime build that has it" in info.value.hint
+
+
+def test_target_validation():
+    with pytest.raises(ValueError, match="names CPUExecutionProvider twice"):
+        Target(providers=[CPU, CPU])
+    with pytest.raises(ValueError, match=r"`provider_options` names CUDAExecutionProvider, which this target does not use"):
+        Target(provider_options={"CUDAExecutionProvider": {"device_id": 0}})
+    ok = Target(device="npu", provider_options={QNN: {"backend_path": "libQnnHtp.so"}})
+    assert ok.planned_provider() == QNN
+
+
+def test_step_override():
+    workflow = Target(device="cpu", threads=2, fallback="cpu")
+    assert workflow.overridden(None) is workflow
+    step = workflow.overridden(StepTarget(device="gpu"))
+    # a new device without providers takes that device's defaults; the other fields stay the workflow's
+    assert step.device == "gpu" and step.providers is None and step.threads == 2 and step.fallback == "cpu"
+    named = Target(providers=[CPU]).overridden(StepTarget(device="npu"))
+    assert named.providers is None and named.resolved_providers()[0] == QNN
+    assert Target(providers=[CPU]).overridden(StepTarget(threads=1)).providers == [CPU]
+
+
+@pytest.mark.parametrize(("target", "llm", "method", "activation", "profile"), [
+    (Target(), False, "dynamic_int8", None, None),
+    (Target(), True, "int4", None, None),
+    (Target(device="gpu"), False, "fp16", None, None),
+    (Target(device="gpu"), True, "int4", None, None),
+    (Target(device="npu"), False, "static_int8", "uint16", "qnn"),
+    (Target(device="npu", providers=["OpenVINOExecutionProvider"]), False, "static_int8", "uint8", "npu"),
+    (Target(device="npu", providers=["VitisAIExecutionProvider"]), False, "static_int8", "uint8", "npu"),
+    (Target(device="npu"), True, "int4", None, None),
+])
+def test_quantize_picks_what_the_target_runs_best(target, llm, method, activation, profile):
+    plan = QuantizeConfig(type="quantize", model="m", data="d").plan(target, causal_lm=llm)
+    assert (plan.method, plan.activation_type, plan.profile) == (method, activation, profile)
+    assert plan.reason
+
+
+def test_quantize_explicit_fields_win_and_what_is_keyed():
+    explicit = QuantizeConfig(type="quantize", model="m", method="dynamic_int8")
+    plan = explicit.plan(Target(device="npu"), causal_lm=False)
+    assert plan.method == "dynamic_int8" and plan.reason == "set in the step"
+    assert not explicit.uses_target  # its result does not depend on the target: the target stays out of its key
+    static = QuantizeConfig(type="quantize", model="m", method="static_int8", data="d", activation_type="uint8")
+    assert static.plan(Target(device="npu"), False).activation_type == "uint8"
+    assert static.plan(Target(), False).profile == "cpu" and static.uses_target
+    assert QuantizeConfig(type="quantize", model="m").uses_target
+    with pytest.raises(ValueError, match="`activation_type` applies to static_int8, not int4"):
+        QuantizeConfig(type="quantize", model="m", method="int4", activation_type="uint16")
+
+
+def test_quantize_on_npu_needs_data_before_anything_runs():
+    (issue,) = QuantizeConfig(type="quantize", model="m").target_issues(Target(device="npu"))
+    assert issue[0] == ("data",) and "calibrated on data" in issue[1]
+    assert QuantizeConfig(type="quantize", model="m").target_issues(Target()) == []
+
+
+def test_sessions_on_the_cpu_provider_record_what_ran(tmp_path, make_ctx):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    from passes.ort import providers as _providers
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "model.onnx"))
+    target = Target(device="gpu", fallback="cpu", threads=1, provider_options={"CUDAExecutionProvider": {"device_id": 0}})
+    lines: list[str] = []
+    choice = _providers.choose(target, tmp_path, lines.append)
+    assert choice.providers == (CPU,) and choice.fell_back  # no GPU on this machine
+    session = _providers.target_session(tmp_path / "model.onnx", target, choice)
+    assert session.run(None, {"x": np.array([-1.0, 2.0], dtype=np.float32)})[0].tolist() == [0.0, 2.0]
+    record = _providers.session_record(session, choice)
+    assert record["provider"] == CPU and record["fell_back"] and "CUDAExecutionProvider" in record["missing"]
+    assert _providers.provider_options_for(Target(device="npu", provider_options={QNN: {"htp_graph_finalization_optimization_mode": 3, "x": True}}),
+                                           [QNN, CPU]) == [{"htp_graph_finalization_optimization_mode": "3", "x": "1"}, {}]
+    from passes.base import PassError
+
+    with pytest.raises(PassError, match="none is available here"):
+        _providers.choose(Target(device="gpu"), tmp_path)
+    with pytest.raises(PassError, match="provider_libraries.QNNExecutionProvider: no such file"):
+        _providers.register_plugins(Target(device="npu", provider_libraries={QNN: "nope.so"}), tmp_path)
