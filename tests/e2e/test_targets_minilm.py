@@ -1,7 +1,7 @@
 """On the real MiniLM and the quickstart's SMS spam data (slow, run by CI; about 2 minutes here):
 
-- optimize_onnx then quantize gives a model at least as fast as quantize alone (a conservative 0.95x
-  guard: both are timed interleaved in one evaluate step) with the same accuracy within 0.5 points;
+- optimize_onnx then quantize gives the same fused int8 graph as quantize alone (so it is as fast; both are
+  timed interleaved in one evaluate step and reported) with the same accuracy within 0.5 points;
 - the npu target's static QDQ model wraps every quantizable op in QuantizeLinear/DequantizeLinear, runs
   on the CPU provider, and its accuracy is within 2 points of fp32, measured as an NPU runs it: one
   unpadded input at a time (its calibration saw no padding: see README "npu" for padded batches).
@@ -22,7 +22,7 @@ import pytest
 
 from passes.base import SimpleContext
 from schemas import Target
-from tests.builders import make_artifact
+from tests.builders import make_artifact, op_counts
 from tests.helpers import ROOT
 from tests.runner.test_targets import qdq_unwrapped
 
@@ -39,6 +39,7 @@ def _run(pass_cls, config, inputs, folder, step, target=None):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_optimize_then_quantize_and_npu_qdq_on_minilm(tmp_path):
     import torch
     from sklearn.linear_model import LogisticRegression
@@ -104,9 +105,10 @@ def test_optimize_then_quantize_and_npu_qdq_on_minilm(tmp_path):
     assert all(row["latency_provider"] == "CPUExecutionProvider" for row in m.values())
     assert m["onnx"]["accuracy"] >= 0.9  # a real classifier, so the comparisons below mean something
     assert abs(m["opt_int8"]["accuracy"] - m["int8"]["accuracy"]) <= 0.005
-    # At least as fast: the same fused int8 graph either way (quantize fuses when optimize_onnx did not);
-    # 0.95 leaves room for the noise of a shared 2-core machine.
-    assert m["int8"]["latency_p50_ms"] / m["opt_int8"]["latency_p50_ms"] >= 0.95, m
+    # At least as fast because it is the same fused int8 graph either way (quantize fuses when optimize_onnx
+    # did not): checked by structure, not by a latency ratio that a loaded machine could upset.
+    assert op_counts(int8.path) == op_counts(opt_int8.path), (op_counts(int8.path), op_counts(opt_int8.path))
+    assert op_counts(int8.path)["QAttention"] == 6 and op_counts(int8.path)["SkipLayerNormalization"] == 0
     test = load_from_disk(str(data.path / "data" / "test"))
     fp32, npu_acc = (_accuracy_unpadded(a.path, test) for a in (onnx, qdq))
     print(f"fp32 {fp32:.4f}, npu QDQ {npu_acc:.4f} (one unpadded input at a time)")
