@@ -20,7 +20,7 @@ from tests.builders import ROOT, op_counts
 
 RECIPE = ROOT / "pipelines" / "recipes" / "spam-minilm-int8.yaml"
 #: Fewer rows and steps than the recipe: minutes on a slow 2-core machine instead of a quarter hour.
-REDUCED = ["steps.sms.max_samples=1500", "steps.tune.max_steps=40", "steps.tune.eval_strategy=no",
+REDUCED = ["steps.sms.max_samples=1500", "steps.tune.max_steps=40", 'steps.tune.eval_strategy="no"',
            "steps.report.repeats=30", "steps.report.blocks=3", "steps.report.warmup=3"]
 MINILM_LAYERS = 6
 

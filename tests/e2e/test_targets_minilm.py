@@ -97,7 +97,7 @@ def test_optimize_then_quantize_and_npu_qdq_on_minilm(tmp_path):
     models = [onnx, int8, opt_int8]
     cfg = EvaluateConfig(type="evaluate", models=[m.step for m in models], data="sms", split="test",
                          metrics=["accuracy", "f1", "latency"], batch_size=1, sequence_length=64, threads=2,
-                         repeats=150, blocks=15, warmup=10)
+                         repeats=30, blocks=3, warmup=5)
     report = _run(Evaluate, cfg, {"models": models, "data": data}, tmp_path, "report")
     m = report.meta["metrics"]
     print(json.dumps({k: {x: v.get(x) for x in ("accuracy", "latency_p50_ms", "speedup", "latency_provider")}
