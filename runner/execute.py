@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from passes import Artifact, PassError, get_pass
+from passes import Artifact, get_pass
 from pipelines.graph import needed_for
 from pipelines.validate import LoadedWorkflow
 from schemas import Target
@@ -285,7 +285,8 @@ def _build(loaded: LoadedWorkflow, name: str, key: str, parts: KeyParts, cache: 
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, (PassError, PipelineError)):
+    """Our errors are written for people (what, where, how to fix): shown as they are; others with their type."""
+    if isinstance(exc, PipelineError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
 

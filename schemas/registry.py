@@ -13,6 +13,7 @@ import sys
 from typing import Iterator
 
 from .base import KINDS, StepConfig
+from .errors import RegistryError
 
 _TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_]{1,40}$")
 _STEP_TYPES: dict[str, type[StepConfig]] = {}
@@ -23,13 +24,15 @@ def register_step(cls: type[StepConfig]) -> type[StepConfig]:
     try:
         name = cls.step_type()
     except (KeyError, ValueError) as exc:
-        raise TypeError(f"{cls.__name__}.type must be a Literal with exactly one value") from exc
+        raise RegistryError(f"{cls.__name__}.type must be a Literal with exactly one value, "
+                            f"e.g. type: Literal[\"my_step\"] = Field(description=...)") from exc
     if not _TYPE_PATTERN.match(name):
-        raise ValueError(f"step type {name!r} must be lower_snake_case (letters, digits, _)")
+        raise RegistryError(f"step type {name!r} must be lower_snake_case (letters, digits, _; 2-41 characters)")
     if cls.output_kind not in KINDS:
-        raise ValueError(f"{cls.__name__}.output_kind {cls.output_kind!r} is not one of {KINDS}")
+        raise RegistryError(f"{cls.__name__}.output_kind {cls.output_kind!r} is not one of {KINDS}")
     if name in _STEP_TYPES and _STEP_TYPES[name] is not cls:
-        raise ValueError(f"step type {name!r} is already registered by {_STEP_TYPES[name].__name__}")
+        raise RegistryError(f"step type {name!r} is already registered by {_STEP_TYPES[name].__name__}: "
+                            "choose another name (a type string names exactly one config class)")
     _STEP_TYPES[name] = cls
     return cls
 
