@@ -176,9 +176,9 @@ def cmd_passes(args: argparse.Namespace) -> int:
     types = step_types()
     if args.type:
         if args.type not in types:
-            from pipelines.validate import _did_you_mean
+            from schemas.suggest import did_you_mean
 
-            hint = _did_you_mean(args.type, types)
+            hint = did_you_mean(args.type, types)
             err.print(f"unknown step type {args.type!r}" + (f"; {hint}" if hint else ""), markup=False)
             return EXIT_INVALID
         cls = types[args.type]

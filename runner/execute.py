@@ -20,6 +20,7 @@ from pipelines.validate import LoadedWorkflow
 from schemas import Target
 from schemas.errors import ConfigError, Issue, PipelineError
 from schemas.paths import is_package_uri, looks_like_hub_id, resolve_local_path
+from schemas.suggest import did_you_mean
 
 from .cache import Cache
 from .console import RunConsole
@@ -216,9 +217,7 @@ def _check_names(loaded: LoadedWorkflow, options: RunOptions) -> None:
     for flag, names in (("--force", options.force), ("--only", options.only)):
         for n in names:
             if n not in loaded.workflow.steps:
-                from pipelines.validate import _did_you_mean
-
-                issues.append(Issue(f"{flag} {n}: no such step", (), "command line", hint=_did_you_mean(n, loaded.workflow.steps)))
+                issues.append(Issue(f"{flag} {n}: no such step", (), "command line", hint=did_you_mean(n, loaded.workflow.steps)))
     if issues:
         raise ConfigError(issues)
 
