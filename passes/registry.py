@@ -6,7 +6,7 @@ import importlib
 
 from schemas import get_step_type
 from schemas.errors import RegistryError, UnknownStepTypeError
-from schemas.registry import load_plugins
+from schemas.catalog import load_plugins
 
 from passes.base import Pass
 

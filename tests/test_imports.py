@@ -12,6 +12,7 @@ import pytest
 
 from tests.helpers import ROOT, fake_project
 
+OUR_PACKAGES = ("schemas", "pipelines", "passes", "runner")
 HEAVY = ["torch", "transformers", "peft", "onnx", "onnxruntime", "onnxruntime_genai", "optimum", "datasets", "sklearn"]
 
 PROBE = """
@@ -75,3 +76,24 @@ def test_layers_are_kept():
                           cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "0 broken" in proc.stdout
+
+
+def import_cycles(packages=OUR_PACKAGES) -> list[list[str]]:
+    """Each group of our modules that import one another in a circle (strongly connected, 2+ modules).
+
+    grimp reads every import statement, including those inside functions and under TYPE_CHECKING: a
+    lazy import still ties two modules together, and a circle of them breaks when the order changes.
+    """
+    import grimp
+    import networkx as nx
+
+    graph = grimp.build_graph(*packages, cache_dir=None)
+    ours = {m for m in graph.modules if m.split(".")[0] in packages}
+    edges = nx.DiGraph()
+    edges.add_nodes_from(ours)
+    edges.add_edges_from((m, t) for m in ours for t in graph.find_modules_directly_imported_by(m) if t in ours)
+    return sorted(sorted(c) for c in nx.strongly_connected_components(edges) if len(c) > 1)
+
+
+def test_no_import_circles():
+    assert import_cycles() == []

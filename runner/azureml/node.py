@@ -22,8 +22,9 @@ from schemas.suggest import did_you_mean
 
 from ..cache import DATA, MANIFEST, artifact_digest
 from ..console import RunConsole
-from ..execute import RunOptions, run_one_step
+from ..execute import run_one_step
 from ..fingerprint import iter_files, sha256_file
+from ..records import RunOptions
 
 WHERE = "command line"
 
