@@ -41,9 +41,9 @@ class RunnerContext:
         for text in str(message).splitlines() or [""]:
             self._console.line(f"      {text}")
 
-    def progress(self, total: float | None, description: str):
-        """A progress bar for long work."""
-        return self._console.progress(total, description)
+    def progress(self, total: float | None, description: str, unit: str | None = None):
+        """A progress bar for long work; `unit="B"` when the total is a byte count (shown as 86.7 MB)."""
+        return self._console.progress(total, description, unit)
 
     def resolve_path(self, value: str) -> Path:
         """Resolve a workflow path (relative to the workflow file, or `pkg://`)."""
