@@ -240,7 +240,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
         out.print(f"{len(entries)} artifacts checked, {bad} damaged", markup=False)
         return EXIT_FAILED if bad and not args.repair else EXIT_OK
     if args.cache_command == "gc":
-        removed, size = cache.gc(duration_seconds(args.older_than), dry_run=args.dry_run)
+        removed, size = cache.gc(args.older_than, dry_run=args.dry_run)
         verb = "would remove" if args.dry_run else "removed"
         for e in removed:
             out.print(f"{verb} {e.key[:12]} {e.step} ({format_size(e.size)}, last used {format_age(e.last_used)})", markup=False)
@@ -314,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = csub.add_parser("verify", help="check every artifact against its manifest's digests")
     v.add_argument("--repair", action="store_true", help="remove damaged artifacts so the next run rebuilds them")
     g = csub.add_parser("gc", help="drop artifacts no run used recently, and stale temporary folders")
-    g.add_argument("--older-than", default="30d", help="unused for this long (e.g. 30d, 12h, 0s; default 30d)")
+    g.add_argument("--older-than", default="30d", type=duration_seconds, help="unused for this long (e.g. 30d, 12h, 0s; default 30d)")
     g.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     c = csub.add_parser("clear", help="empty the cache")
     c.add_argument("--yes", action="store_true", help="do not ask")
@@ -365,9 +365,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         for issue in exc.issues:
             err.print(issue.format(), markup=False)
         err.print(f"{len(exc.issues)} problem{'s' if len(exc.issues) != 1 else ''}: nothing was run", style="red")
-        return EXIT_INVALID
-    except argparse.ArgumentTypeError as exc:
-        err.print(str(exc), markup=False)
         return EXIT_INVALID
     except PipelineError as exc:
         err.print(str(exc), markup=False, style="red")
