@@ -33,11 +33,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from schemas import StepConfig, Target
+from schemas.errors import PipelineError
 
 C = TypeVar("C", bound=StepConfig)
 
 
-class PassError(Exception):
+class PassError(PipelineError):
     """A pass failed for a reason the user can act on; the message says what and how to fix it."""
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 
 from schemas import get_step_type
-from schemas.registry import load_plugins
+from schemas.errors import RegistryError, UnknownStepTypeError
+from schemas.catalog import load_plugins
 
 from passes.base import Pass
 
@@ -31,11 +32,13 @@ def register_pass(cls: type[Pass]) -> type[Pass]:
     """Register a pass class under its config's step type (usable as a decorator)."""
     name = cls.config_class.step_type()
     if get_step_type(name) is not cls.config_class:
-        raise ValueError(f"{cls.__name__}: its config {cls.config_class.__name__} is not the registered step type {name!r}")
+        raise RegistryError(f"{cls.__name__}: its config {cls.config_class.__name__} is not the registered step type "
+                            f"{name!r}: register the config first (schemas.register_step)")
     if name in _PASSES and _PASSES[name] is not cls:
-        raise ValueError(f"a pass is already registered for {name!r}: {_PASSES[name].__name__}")
+        raise RegistryError(f"a pass is already registered for {name!r}: {_PASSES[name].__name__} "
+                            "(one step type, one pass)")
     if not isinstance(cls.version, int) or cls.version < 1:
-        raise ValueError(f"{cls.__name__}.version must be a positive integer")
+        raise RegistryError(f"{cls.__name__}.version must be a positive integer")
     _PASSES[name] = cls
     return cls
 
@@ -61,7 +64,10 @@ def get_pass(name: str) -> type[Pass]:
     try:
         return _PASSES[name]
     except KeyError:
-        raise KeyError(f"no pass is registered for step type {name!r}") from None
+        raise UnknownStepTypeError(
+            f"no pass is registered for step type {name!r}: built-in types are {', '.join(sorted(BUILTIN_PASSES))}; "
+            "a plugin's module must be named in PIPELINE_PLUGINS"
+        ) from None
 
 
 def passes() -> dict[str, type[Pass]]:

@@ -6,23 +6,27 @@ from typing import Any, Sequence
 
 import yaml
 
-from schemas.errors import ConfigError, Issue
+from schemas.errors import ConfigError, Issue, PipelineError
 
 from .yaml_loader import Positions
+
+
+class OverrideError(PipelineError):
+    """A `--set` argument is malformed (no `=`, an empty key part, a value that is not YAML)."""
 
 
 def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
     """`a.b.c=value` -> (("a", "b", "c"), value); the value is read as a YAML scalar or flow collection."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise ValueError(f"--set takes KEY=VALUE (e.g. steps.tune.epochs=1), got {text!r}")
+        raise OverrideError(f"--set takes KEY=VALUE (e.g. steps.tune.epochs=1), got {text!r}")
     parts = tuple(p.strip() for p in key.strip().split("."))
     if any(not p for p in parts):
-        raise ValueError(f"--set key {key!r} has an empty part")
+        raise OverrideError(f"--set key {key!r} has an empty part (write a.b.c=value)")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ValueError(f"--set {key}: the value {raw!r} is not valid YAML ({exc})") from None
+        raise OverrideError(f"--set {key}: the value {raw!r} is not valid YAML ({exc}); quote text in YAML: KEY='\"a: b\"'") from None
     return parts, value
 
 
@@ -33,7 +37,7 @@ def apply_overrides(data: dict, overrides: Sequence[str], positions: Positions) 
         where = f"--set #{n}"
         try:
             parts, value = parse_override(text)
-        except ValueError as exc:
+        except OverrideError as exc:
             issues.append(Issue(str(exc), (), where))
             continue
         node = data

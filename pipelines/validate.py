@@ -7,22 +7,21 @@ even when earlier ones found problems wherever they still make sense, so the use
 
 from __future__ import annotations
 
-import difflib
 import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import networkx as nx
 from pydantic import BaseModel, ValidationError
 
 from schemas import StepConfig, Target, Workflow, WorkflowHeader, step_types
 from schemas.base import STEP_NAME_PATTERN
 from schemas.errors import ConfigError, Issue
 from schemas.paths import PathResolutionError, is_package_uri, looks_like_hub_id, resolve_local_path
+from schemas.suggest import did_you_mean
 from schemas.target import PROVIDER_SOURCES, TargetError, providers_from_packages, select_providers
 
-from .graph import build_graph, find_cycles, run_order
+from .graph import StepGraph, build_graph, find_cycles, run_order
 from .overrides import apply_overrides
 from .yaml_loader import Positions, load_yaml
 
@@ -37,7 +36,7 @@ class LoadedWorkflow:
     workflow: Workflow
     file: Path
     positions: Positions
-    graph: nx.DiGraph
+    graph: StepGraph
     order: list[str]
     warnings: list[Issue]
 
@@ -94,7 +93,7 @@ def check_workflow(data: dict, positions: Positions, folder: Path, file: Path | 
     outputs = data.get("outputs") if isinstance(data.get("outputs"), dict) else {}
     for out_name, step in outputs.items():
         if isinstance(step, str) and step not in known:
-            issues.append(positions.issue(("outputs", out_name), f"unknown step {step!r}", _did_you_mean(step, known)))
+            issues.append(positions.issue(("outputs", out_name), f"unknown step {step!r}", did_you_mean(step, known)))
     if header is not None:  # the azureml: section names steps too: check them as references are checked
         issues += [positions.issue(("azureml",) + path, message, hint)
                    for path, message, hint in header.azureml.step_issues(steps, known)]
@@ -132,7 +131,7 @@ def _check_steps(raw: dict, positions: Positions, issues: list[Issue]) -> dict[s
             continue
         cls = types.get(step_type) if isinstance(step_type, str) else None
         if cls is None:
-            hint = _did_you_mean(str(step_type), types) or f"one of: {', '.join(types)}"
+            hint = did_you_mean(str(step_type), types) or f"one of: {', '.join(types)}"
             issues.append(positions.issue(path + ("type",), f"unknown step type {step_type!r}", hint))
             continue
         try:
@@ -154,7 +153,7 @@ def _check_references(steps: dict[str, StepConfig], known: set, positions: Posit
                 if target == name:
                     issues.append(positions.issue(path, f"step {name!r} references itself"))
                 elif target not in known:
-                    issues.append(positions.issue(path, f"unknown step {target!r}", _did_you_mean(target, known)))
+                    issues.append(positions.issue(path, f"unknown step {target!r}", did_you_mean(target, known)))
                 elif target in steps and steps[target].output_kind not in spec.kinds:
                     produced = steps[target].output_kind
                     issues.append(positions.issue(
@@ -244,12 +243,18 @@ def _check_providers(target: Target, positions: Positions, folder: Path, install
 
 
 def _installed_distributions() -> set[str]:
-    """Names of the installed distributions, lower case (importlib.metadata: onnxruntime is not imported)."""
+    """Which of the distributions that bring providers are installed (importlib.metadata: nothing imported).
+
+    Only those are looked up, each by name: reading every installed distribution's metadata takes
+    0.1-0.3 s in a full environment, most of what `pipeline validate` would otherwise spend.
+    """
     names = set()
-    for dist in importlib.metadata.distributions():
-        name = dist.metadata.get("Name") if dist.metadata else None
-        if name:
-            names.add(name.lower().replace("_", "-"))
+    for name in sorted({pkg for pkgs in PROVIDER_PACKAGES.values() for pkg in pkgs}):
+        try:
+            importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        names.add(name.lower().replace("_", "-"))
     return names
 
 
@@ -266,7 +271,7 @@ def pydantic_issues(exc: ValidationError, cls: type[BaseModel], prefix: tuple, d
         if kind == "extra_forbidden":
             fields = _fields_at(cls, loc[:-1])
             grouped.setdefault(path, []).append(f"unknown field {loc[-1]!r}")
-            hints[path] = _did_you_mean(str(loc[-1]), fields) or (f"fields here: {', '.join(fields)}" if fields else None)
+            hints[path] = did_you_mean(str(loc[-1]), fields) or (f"fields here: {', '.join(fields)}" if fields else None)
             extra_keys.add(path)
             continue
         message = err["msg"].removeprefix("Value error, ")
@@ -325,23 +330,6 @@ def _model_at(cls: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
 def _field_info(cls: type[BaseModel], loc: tuple) -> Any:
     model = _model_at(cls, loc[:-1]) if loc else None
     return model.model_fields.get(loc[-1]) if model and isinstance(loc[-1], str) else None
-
-
-#: Names people carry over from other tools, for "did you mean" hints.
-_ALIASES = {
-    "lr": "learning_rate", "num_epochs": "epochs", "num_train_epochs": "epochs", "lora_r": "r", "rank": "r",
-    "lora_alpha": "alpha", "lora_dropout": "dropout", "per_device_train_batch_size": "batch_size",
-    "model_name_or_path": "path", "data_files": "path", "file": "path", "scheduler": "lr_scheduler",
-    "warmup": "warmup_ratio", "fp16": "precision", "bf16": "precision", "provider": "providers",
-}
-
-
-def _did_you_mean(word: str, choices: Any) -> str | None:
-    choices = [str(c) for c in choices]
-    if _ALIASES.get(word) in choices:
-        return f"did you mean {_ALIASES[word]!r}?"
-    match = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
-    return f"did you mean {match[0]!r}?" if match else None
 
 
 def _a(kind: str) -> str:

@@ -1,8 +1,9 @@
 """`pipeline`: a thin command line. Each command parses its arguments, calls one function, renders.
 
 Exit codes: 0 success; 1 a step failed (or `cache verify` found damage); 2 the workflow or the command
-line is invalid; 130 interrupted. Heavy libraries are never imported here: `validate`, `plan`,
-`schema`, `passes` and `--help` answer in well under a second.
+line is invalid; 130 interrupted. Each command imports what it needs when it runs: `--help` and a bad
+argument need only argparse (no pydantic models, rich or networkx), and no command before `run` imports
+an ML library, so `validate`, `plan`, `schema`, `passes` and `--help` answer in well under a second.
 """
 
 from __future__ import annotations
@@ -12,17 +13,15 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-from rich.console import Console
-from rich.table import Table
-
-from schemas.errors import ConfigError, PipelineError
+from .render import LazyConsole, duration_seconds, format_age, format_size, table
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+out = LazyConsole(highlight=False, soft_wrap=True)
+err = LazyConsole(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _load(args: argparse.Namespace):
@@ -49,14 +48,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         out.print_json(json.dumps([r.__dict__ for r in rows]))
         return EXIT_OK
-    table = Table(title=f"plan: {loaded.workflow.name}", title_justify="left")
+    tbl = table(title=f"plan: {loaded.workflow.name}", title_justify="left")
     for col in ("step", "type", "produces", "key", "status"):
-        table.add_column(col)
+        tbl.add_column(col)
     for r in rows:
         status = "cached" if r.status == "cached" else f"{r.status}: {r.reason}"
-        table.add_row(r.name, r.type, r.kind, r.key[:12] if r.key else "(pending)", status,
+        tbl.add_row(r.name, r.type, r.kind, r.key[:12] if r.key else "(pending)", status,
                       style="dim" if r.status == "cached" else None)
-    out.print(table)
+    out.print(tbl)
     todo = sum(r.status != "cached" for r in rows)
     out.print(f"{todo} of {len(rows)} steps will run", markup=False)
     return EXIT_OK
@@ -64,7 +63,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate, then run what is not cached."""
-    from .execute import RunOptions, run_workflow
+    from .execute import run_workflow
+    from .records import RunOptions
 
     loaded = _load(args)
     options = RunOptions(cache_dir=args.cache_dir, output=args.output, force=args.force or (),
@@ -105,12 +105,12 @@ def cmd_targets(args: argparse.Namespace) -> int:
         return EXIT_OK
     out.print(f"onnxruntime {machine['onnxruntime']}: " + ", ".join(
         f"{p['name']}" + (" (plugin)" if p["kind"] == "plugin" else "") for p in machine["providers"]), markup=False)
-    table = Table(title="onnxruntime flavours", title_justify="left")
+    tbl = table(title="onnxruntime flavours", title_justify="left")
     for col in ("package", "brings", "installed", "to get it"):
-        table.add_column(col, overflow="fold")
+        tbl.add_column(col, overflow="fold")
     for f in machine["flavours"]:
-        table.add_row(f["package"], f["brings"], f["version"] or "no", "" if f["version"] else f["install"])
-    out.print(table)
+        tbl.add_row(f["package"], f["brings"], f["version"] or "no", "" if f["version"] else f["install"])
+    out.print(tbl)
     out.print("not available here:", markup=False)
     for m in machine["missing"]:
         out.print(f"  {m['name']}: install {m['install']}", markup=False)
@@ -125,6 +125,7 @@ def _workflow_targets(args: argparse.Namespace, available: list[str]) -> list[di
     """Each distinct target of a workflow (the workflow's and steps' overrides) with the providers it gets here."""
     from pipelines.validate import check_workflow
     from pipelines.yaml_loader import load_yaml
+    from schemas.errors import ConfigError
     from schemas.target import TargetError, select_providers
 
     path = Path(args.workflow)
@@ -176,32 +177,32 @@ def cmd_passes(args: argparse.Namespace) -> int:
     types = step_types()
     if args.type:
         if args.type not in types:
-            from pipelines.validate import _did_you_mean
+            from schemas.suggest import did_you_mean
 
-            hint = _did_you_mean(args.type, types)
+            hint = did_you_mean(args.type, types)
             err.print(f"unknown step type {args.type!r}" + (f"; {hint}" if hint else ""), markup=False)
             return EXIT_INVALID
         cls = types[args.type]
         out.print(f"[bold]{args.type}[/bold]: {cls.__doc__.strip().splitlines()[0]} (produces {cls.output_kind})")
-        table = Table(show_lines=False)
+        tbl = table(show_lines=False)
         for col in ("field", "type", "default", "description"):
-            table.add_column(col, overflow="fold")
+            tbl.add_column(col, overflow="fold")
         refs = cls.reference_fields()
         for name, info in cls.model_fields.items():
             if name == "type":
                 continue
             kind = f"ref -> {' | '.join(refs[name][0].kinds)}" if name in refs else _type_name(info.annotation)
             default = "(required)" if info.is_required() else repr(info.get_default(call_default_factory=True))
-            table.add_row(name, kind, default, info.description or "")
-        out.print(table)
+            tbl.add_row(name, kind, default, info.description or "")
+        out.print(tbl)
         return EXIT_OK
-    table = Table(title="step types", title_justify="left")
+    tbl = table(title="step types", title_justify="left")
     for col in ("type", "produces", "takes", "description"):
-        table.add_column(col)
+        tbl.add_column(col)
     for name, cls in types.items():
         takes = ", ".join(f"{f}: {'|'.join(s.kinds)}" for f, (s, _) in cls.reference_fields().items()) or "-"
-        table.add_row(name, cls.output_kind, takes, (cls.__doc__ or "").strip().splitlines()[0])
-    out.print(table)
+        tbl.add_row(name, cls.output_kind, takes, (cls.__doc__ or "").strip().splitlines()[0])
+    out.print(tbl)
     return EXIT_OK
 
 
@@ -217,13 +218,13 @@ def cmd_cache(args: argparse.Namespace) -> int:
     cache = Cache(args.cache_dir)
     if args.cache_command == "ls":
         entries = cache.entries()
-        table = Table(title=f"cache {cache.root}", title_justify="left")
+        tbl = table(title=f"cache {cache.root}", title_justify="left")
         for col in ("key", "step", "type", "kind", "size", "created", "last used"):
-            table.add_column(col)
+            tbl.add_column(col)
         for e in entries:
-            table.add_row(e.key[:12], e.step, e.pass_type, e.kind, _size(e.size), _age(e.created), _age(e.last_used))
-        out.print(table)
-        out.print(f"{len(entries)} artifacts, {_size(sum(e.size for e in entries))}", markup=False)
+            tbl.add_row(e.key[:12], e.step, e.pass_type, e.kind, format_size(e.size), format_age(e.created), format_age(e.last_used))
+        out.print(tbl)
+        out.print(f"{len(entries)} artifacts, {format_size(sum(e.size for e in entries))}", markup=False)
         return EXIT_OK
     if args.cache_command == "verify":
         bad = 0
@@ -239,11 +240,11 @@ def cmd_cache(args: argparse.Namespace) -> int:
         out.print(f"{len(entries)} artifacts checked, {bad} damaged", markup=False)
         return EXIT_FAILED if bad and not args.repair else EXIT_OK
     if args.cache_command == "gc":
-        removed, size = cache.gc(_duration(args.older_than), dry_run=args.dry_run)
+        removed, size = cache.gc(args.older_than, dry_run=args.dry_run)
         verb = "would remove" if args.dry_run else "removed"
         for e in removed:
-            out.print(f"{verb} {e.key[:12]} {e.step} ({_size(e.size)}, last used {_age(e.last_used)})", markup=False)
-        out.print(f"{verb} {len(removed)} artifacts, {_size(size)}", markup=False)
+            out.print(f"{verb} {e.key[:12]} {e.step} ({format_size(e.size)}, last used {format_age(e.last_used)})", markup=False)
+        out.print(f"{verb} {len(removed)} artifacts, {format_size(size)}", markup=False)
         return EXIT_OK
     if args.cache_command == "clear":
         if not args.yes:
@@ -256,31 +257,6 @@ def cmd_cache(args: argparse.Namespace) -> int:
         out.print(f"emptied {cache.root}", markup=False)
         return EXIT_OK
     return EXIT_INVALID
-
-
-def _duration(text: str) -> float:
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw]?)", text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"bad duration {text!r} (e.g. 30d, 12h, 0s)")
-    return float(match.group(1)) * {"": 86400, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
-
-def _age(ts: float) -> str:
-    import time
-
-    s = max(0, time.time() - ts)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= size:
-            return f"{s / size:.0f}{unit} ago"
-    return f"{s:.0f}s ago"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -338,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = csub.add_parser("verify", help="check every artifact against its manifest's digests")
     v.add_argument("--repair", action="store_true", help="remove damaged artifacts so the next run rebuilds them")
     g = csub.add_parser("gc", help="drop artifacts no run used recently, and stale temporary folders")
-    g.add_argument("--older-than", default="30d", help="unused for this long (e.g. 30d, 12h, 0s; default 30d)")
+    g.add_argument("--older-than", default="30d", type=duration_seconds, help="unused for this long (e.g. 30d, 12h, 0s; default 30d)")
     g.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     c = csub.add_parser("clear", help="empty the cache")
     c.add_argument("--yes", action="store_true", help="do not ask")
@@ -380,15 +356,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `pipeline` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # after parsing: `--help` and argument errors exit above without loading the contract's models
+    from schemas.errors import ConfigError, PipelineError
+
     try:
         return args.func(args)
     except ConfigError as exc:
         for issue in exc.issues:
             err.print(issue.format(), markup=False)
         err.print(f"{len(exc.issues)} problem{'s' if len(exc.issues) != 1 else ''}: nothing was run", style="red")
-        return EXIT_INVALID
-    except argparse.ArgumentTypeError as exc:
-        err.print(str(exc), markup=False)
         return EXIT_INVALID
     except PipelineError as exc:
         err.print(str(exc), markup=False, style="red")

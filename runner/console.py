@@ -1,7 +1,8 @@
 """What a run shows: one line per step as it starts and ends, progress bars, and the run log file.
 
 On a terminal, long work gets a rich progress bar; elsewhere (CI logs, pipes) it prints a line at
-every tenth of the way, so logs stay readable.
+every tenth of the way, so logs stay readable. Amounts are written as people read them: byte counts
+(`unit="B"`) as `86.7 MB / 87.4 MB`, whole counts as `120/300`, never `9.09188e+07`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+
+from .render import format_size
+
+#: The unit a progress total counts in when it is bytes (downloads, copies).
+BYTES = "B"
 
 
 class RunConsole:
@@ -38,9 +45,9 @@ class RunConsole:
         if not self.quiet:
             self.console.print(text, style=style, markup=False)
 
-    def progress(self, total: float | None, description: str) -> "BarHandle":
-        """A progress handle: a live bar on a terminal, periodic lines elsewhere."""
-        return BarHandle(self, total, description)
+    def progress(self, total: float | None, description: str, unit: str | None = None) -> "BarHandle":
+        """A progress handle: a live bar on a terminal, periodic lines elsewhere; `unit="B"` for byte counts."""
+        return BarHandle(self, total, description, unit)
 
     def close(self) -> None:
         """Close the log file."""
@@ -52,8 +59,8 @@ class RunConsole:
 class BarHandle:
     """A progress bar for one piece of long work (implements passes.base.Progress)."""
 
-    def __init__(self, owner: RunConsole, total: float | None, description: str):
-        self.owner, self.total, self.description = owner, total, description
+    def __init__(self, owner: RunConsole, total: float | None, description: str, unit: str | None = None):
+        self.owner, self.total, self.description, self.unit = owner, total, description, unit
         self.completed = 0.0
         self.fields: dict[str, Any] = {}
         self._bar: Progress | None = None
@@ -64,13 +71,19 @@ class BarHandle:
     def __enter__(self) -> "BarHandle":
         if self.owner.console.is_terminal and not self.owner.quiet:
             self._bar = Progress(
-                TextColumn("      {task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("      {task.description}"), BarColumn(),
+                DownloadColumn(binary_units=True) if self.unit == BYTES else MofNCompleteColumn(),
                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                 console=self.owner.console, transient=True,
             )
             self._bar.start()
             self._task = self._bar.add_task(self.description, total=self.total, info="")
         return self
+
+    def _done_of_total(self) -> str:
+        """`120/300`, or `86.7 MB / 87.4 MB` for bytes (spaces around the slash: the sizes have their own)."""
+        done, total = _amount(self.completed, self.unit), _amount(self.total or 0, self.unit)
+        return f"{done} / {total}" if self.unit == BYTES else f"{done}/{total}"
 
     def _info(self) -> str:
         return " ".join(f"{k}={_fmt(v)}" for k, v in self.fields.items())
@@ -83,7 +96,7 @@ class BarHandle:
             self._bar.update(self._task, advance=n, info=self._info())
         elif self.total and int(10 * self.completed / self.total) >= self._next_report:
             pct = int(100 * self.completed / self.total)
-            self.owner.line(f"      {self.description}: {pct}% ({self.completed:g}/{self.total:g}) {self._info()}".rstrip())
+            self.owner.line(f"      {self.description}: {pct}% ({self._done_of_total()}) {self._info()}".rstrip())
             self._next_report = int(10 * self.completed / self.total) + 1
 
     def update(self, *, total: float | None = None, description: str | None = None, **fields: Any) -> None:
@@ -100,7 +113,14 @@ class BarHandle:
         if self._bar is not None:
             self._bar.stop()
         elapsed = time.monotonic() - self._started
-        self.owner.write_log(f"      {self.description}: done {self.completed:g} in {elapsed:.1f} s {self._info()}")
+        self.owner.write_log(f"      {self.description}: done {_amount(self.completed, self.unit)} in {elapsed:.1f} s {self._info()}")
+
+
+def _amount(value: float, unit: str | None) -> str:
+    """A progress amount: a size for bytes, a whole number without an exponent, else 4 significant digits."""
+    if unit == BYTES:
+        return format_size(value)
+    return f"{int(value)}" if float(value).is_integer() else f"{value:.4g}"
 
 
 def _fmt(value: Any) -> str:

@@ -10,63 +10,23 @@ from __future__ import annotations
 import os
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from passes import Artifact, PassError, get_pass
+from passes import Artifact, get_pass
 from pipelines.graph import needed_for
 from pipelines.validate import LoadedWorkflow
 from schemas import Target
 from schemas.errors import ConfigError, Issue, PipelineError
 from schemas.paths import is_package_uri, looks_like_hub_id, resolve_local_path
+from schemas.suggest import did_you_mean
 
 from .cache import Cache
 from .console import RunConsole
 from .keys import KeyParts, explain_change, key_parts
-
-
-@dataclass
-class RunOptions:
-    """What `pipeline run` was asked to do besides the workflow itself."""
-
-    cache_dir: Path | None = None
-    output: Path | None = None
-    force: Sequence[str] = ()
-    only: Sequence[str] = ()
-    fail_fast: bool = False
-    quiet: bool = False
-
-
-@dataclass
-class StepRecord:
-    """What happened to one step in a run."""
-
-    name: str
-    type: str
-    kind: str
-    status: str = "pending"  # ran | cached | failed | skipped
-    key: str | None = None
-    seconds: float = 0.0
-    summary: str | None = None
-    error: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class RunResult:
-    """The outcome of a run: status (ok / failed / goals_missed / interrupted), the steps and where outputs went."""
-
-    status: str
-    steps: dict[str, StepRecord]
-    output_dir: Path
-    started: float
-    finished: float
-
-    @property
-    def exit_code(self) -> int:
-        """0 ok, 1 a step failed or an `on_goal_miss: fail` goal was missed, 130 interrupted."""
-        return {"ok": 0, "failed": 1, "goals_missed": 1}.get(self.status, 130)
+from .records import RunOptions, RunResult, StepRecord
+from .report import copy_outputs, write_run_files
 
 
 class RunnerContext:
@@ -81,9 +41,9 @@ class RunnerContext:
         for text in str(message).splitlines() or [""]:
             self._console.line(f"      {text}")
 
-    def progress(self, total: float | None, description: str):
-        """A progress bar for long work."""
-        return self._console.progress(total, description)
+    def progress(self, total: float | None, description: str, unit: str | None = None):
+        """A progress bar for long work; `unit="B"` when the total is a byte count (shown as 86.7 MB)."""
+        return self._console.progress(total, description, unit)
 
     def resolve_path(self, value: str) -> Path:
         """Resolve a workflow path (relative to the workflow file, or `pkg://`)."""
@@ -154,8 +114,6 @@ def _hub_commit(repo: str, revision: str | None) -> str:
 
 def run_workflow(loaded: LoadedWorkflow, options: RunOptions) -> RunResult:
     """Run the workflow (see the module docstring); never raises for a failing step."""
-    from .report import copy_outputs, write_run_files
-
     steps = loaded.workflow.steps
     _check_names(loaded, options)
     cache = Cache(options.cache_dir)
@@ -216,9 +174,7 @@ def _check_names(loaded: LoadedWorkflow, options: RunOptions) -> None:
     for flag, names in (("--force", options.force), ("--only", options.only)):
         for n in names:
             if n not in loaded.workflow.steps:
-                from pipelines.validate import _did_you_mean
-
-                issues.append(Issue(f"{flag} {n}: no such step", (), "command line", hint=_did_you_mean(n, loaded.workflow.steps)))
+                issues.append(Issue(f"{flag} {n}: no such step", (), "command line", hint=did_you_mean(n, loaded.workflow.steps)))
     if issues:
         raise ConfigError(issues)
 
@@ -285,7 +241,8 @@ def _build(loaded: LoadedWorkflow, name: str, key: str, parts: KeyParts, cache: 
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, (PassError, PipelineError)):
+    """Our errors are written for people (what, where, how to fix): shown as they are; others with their type."""
+    if isinstance(exc, PipelineError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
 
@@ -357,4 +314,5 @@ def plan_workflow(loaded: LoadedWorkflow, cache_dir: Path | None = None) -> list
     return rows
 
 
-__all__ = ["RunOptions", "RunResult", "StepRecord", "PlanRow", "run_workflow", "plan_workflow"]
+# RunOptions, RunResult and StepRecord live in runner.records (report.py reads them too); kept importable here
+__all__ = ["RunOptions", "RunResult", "StepRecord", "PlanRow", "run_workflow", "plan_workflow", "run_one_step"]

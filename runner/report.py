@@ -15,10 +15,10 @@ from passes import Artifact
 from pipelines.validate import LoadedWorkflow
 
 from .keys import package_versions
+from .records import RunOptions, RunResult, StepRecord
 
 if TYPE_CHECKING:
     from .console import RunConsole
-    from .execute import RunOptions, RunResult, StepRecord
 
 #: Versions recorded in every run.json (besides those each pass declares).
 RECORDED_PACKAGES = ("pipeline-orchestrator", "torch", "transformers", "peft", "onnx", "onnxruntime",
@@ -38,7 +38,7 @@ def _replace_tree(src: Path, dest: Path) -> None:
         os.rename(tmp, dest)
 
 
-def copy_outputs(loaded: LoadedWorkflow, records: dict[str, "StepRecord"], artifacts: dict[str, Artifact],
+def copy_outputs(loaded: LoadedWorkflow, records: dict[str, StepRecord], artifacts: dict[str, Artifact],
                  out_dir: Path, console: "RunConsole") -> None:
     """Copy each `outputs` entry and every evaluate step's report from the cache to the output folder."""
     for out_name, step in loaded.workflow.outputs.items():
@@ -52,7 +52,7 @@ def copy_outputs(loaded: LoadedWorkflow, records: dict[str, "StepRecord"], artif
             _replace_tree(art.path, out_dir / "reports" / name)
 
 
-def _step_json(record: "StepRecord", target: dict | None = None) -> dict:
+def _step_json(record: StepRecord, target: dict | None = None) -> dict:
     return {
         "type": record.type, "kind": record.kind, "status": record.status, "key": record.key,
         "seconds": round(record.seconds, 3), "summary": record.summary, "error": record.error,
@@ -66,8 +66,8 @@ def _step_json(record: "StepRecord", target: dict | None = None) -> dict:
     }
 
 
-def write_run_files(loaded: LoadedWorkflow, result: "RunResult", artifacts: dict[str, Artifact],
-                    options: "RunOptions") -> None:
+def write_run_files(loaded: LoadedWorkflow, result: RunResult, artifacts: dict[str, Artifact],
+                    options: RunOptions) -> None:
     """Write `run.json` and `report.md` into the output folder."""
     from passes import get_pass
 
@@ -100,7 +100,7 @@ def _target_json(loaded: LoadedWorkflow, name: str) -> dict | None:
     return None if target == loaded.workflow.target else target.model_dump(mode="json")
 
 
-def render_report(loaded: LoadedWorkflow, result: "RunResult", artifacts: dict[str, Artifact]) -> str:
+def render_report(loaded: LoadedWorkflow, result: RunResult, artifacts: dict[str, Artifact]) -> str:
     """The run as Markdown: status, steps, outputs and each evaluation's report."""
     wf = loaded.workflow
     lines = [f"# {wf.name}", ""]

@@ -13,7 +13,8 @@ from .base import (
     StepConfig,
     StrictModel,
 )
-from .registry import get_step_type, register_step, step_types, unregister_step
+from .catalog import get_step_type, step_types
+from .registry import register_step, unregister_step
 from .workflow import DEFAULT_PROVIDERS, SUPPORTED_VERSIONS, Target, Workflow, WorkflowHeader
 
 __all__ = [

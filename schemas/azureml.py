@@ -7,7 +7,6 @@ Azure ML jobs with the SDK, imported only when a job is built.
 
 from __future__ import annotations
 
-import difflib
 import re
 from typing import Any
 
@@ -15,6 +14,7 @@ from pydantic import Field, StringConstraints, ValidationInfo, field_validator, 
 from typing_extensions import Annotated
 
 from .base import STEP_NAME_PATTERN, StepConfig, StrictModel
+from .suggest import did_you_mean
 
 StepKey = Annotated[str, StringConstraints(pattern=STEP_NAME_PATTERN)]
 
@@ -153,9 +153,7 @@ class AzureML(StrictModel):
         for section in ("steps", "inputs"):
             for name in getattr(self, section):
                 if name not in known:
-                    near = difflib.get_close_matches(name, [str(k) for k in known], n=1, cutoff=0.6)
-                    issues.append(((section, name), f"unknown step {name!r}",
-                                   f"did you mean {near[0]!r}?" if near else None))
+                    issues.append(((section, name), f"unknown step {name!r}", did_you_mean(name, known)))
         for name, value in self.inputs.items():
             config = steps.get(name)
             if config is None:

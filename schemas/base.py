@@ -129,7 +129,7 @@ def field_spec(annotation: Any, spec_type: type) -> tuple[Any, bool] | None:
 class StrictModel(BaseModel):
     """Base for every config object: unknown keys are errors, never silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True, defer_build=True)
 
 
 class StepConfig(StrictModel):

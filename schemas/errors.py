@@ -1,5 +1,10 @@
 """One exception hierarchy for the whole tool: config errors, graph errors and pass errors.
 
+Every error the tool raises on purpose derives from `PipelineError`, so the CLI and the runner report
+them with one branch: `ConfigError` (the workflow, every issue at once), `RegistryError` and
+`UnknownStepTypeError` (step types and passes), `schemas.paths.PathResolutionError`,
+`schemas.target.TargetError`, `pipelines.overrides.OverrideError` and `passes.PassError`.
+
 Every error a user sees says what is wrong, where (file:line:column, step, field) and how to fix it.
 """
 
@@ -56,9 +61,19 @@ class ConfigError(PipelineError):
         super().__init__("\n".join(i.format() for i in self.issues))
 
 
-class StepFailedError(PipelineError):
-    """A step raised while running; the runner records it and exits 1."""
+class RegistryError(PipelineError, ValueError):
+    """A step type or a pass cannot be registered: a bad name, an unknown kind, a name already taken.
 
-    def __init__(self, step: str, error: BaseException):
-        self.step, self.error = step, error
-        super().__init__(f"step {step!r} failed: {type(error).__name__}: {error}")
+    Also a ValueError: registration code written against the registry's earlier errors still catches it.
+    """
+
+
+class UnknownStepTypeError(PipelineError, KeyError):
+    """No config or pass is registered under a step type; the message names it and how to register one.
+
+    Also a KeyError, as a failed lookup in the registry was before.
+    """
+
+    def __str__(self) -> str:
+        # KeyError's own str() quotes its argument (meant for a bare key); ours is a sentence
+        return str(self.args[0]) if self.args else ""

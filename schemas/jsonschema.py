@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .registry import step_types
+from .catalog import step_types
 from .workflow import WorkflowHeader
 
 SCHEMA_ID = "https://github.com/pipeline-orchestrator/pipeline/schemas/workflow.json"

@@ -11,11 +11,13 @@ import importlib.util
 import re
 from pathlib import Path
 
+from .errors import PipelineError
+
 PKG_PREFIX = "pkg://"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
-class PathResolutionError(ValueError):
+class PathResolutionError(PipelineError):
     """A path in the workflow cannot be resolved; the message says why and how to fix it."""
 
 

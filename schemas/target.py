@@ -106,7 +106,7 @@ _DESCRIPTIONS = {
                 "once and runs on the CPU.",
     "threads": "Intra-op threads for ONNX Runtime sessions; default: all cores.",
 }
-_STRICT = ConfigDict(extra="forbid", validate_default=True, frozen=True)  # as StrictModel (base.py imports us)
+_STRICT = ConfigDict(extra="forbid", validate_default=True, frozen=True, defer_build=True)  # as StrictModel (base.py imports us)
 
 
 class Target(BaseModel):

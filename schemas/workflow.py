@@ -47,4 +47,4 @@ class Workflow(StrictModel):
     target: Target
     steps: dict[str, StepConfig]
     outputs: dict[str, str]
-    azureml: AzureML = AzureML()
+    azureml: AzureML = Field(default_factory=AzureML)  # a factory: no model is built while importing

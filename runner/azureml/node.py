@@ -16,13 +16,15 @@ from pathlib import Path
 from typing import Sequence
 
 from passes import Artifact
-from pipelines.validate import LoadedWorkflow, _did_you_mean, load_workflow
+from pipelines.validate import LoadedWorkflow, load_workflow
 from schemas.errors import ConfigError, Issue, PipelineError
+from schemas.suggest import did_you_mean
 
 from ..cache import DATA, MANIFEST, artifact_digest
 from ..console import RunConsole
-from ..execute import RunOptions, run_one_step
+from ..execute import run_one_step
 from ..fingerprint import iter_files, sha256_file
+from ..records import RunOptions
 
 WHERE = "command line"
 
@@ -81,7 +83,7 @@ def export_artifact(artifact: Artifact, dest: Path) -> None:
 def _check_request(loaded: LoadedWorkflow, step: str, inputs: dict[str, Path], output: Path) -> None:
     steps = loaded.workflow.steps
     if step not in steps:
-        raise ConfigError([Issue(f"no step {step!r} in {loaded.file.name}", (), WHERE, hint=_did_you_mean(step, steps))])
+        raise ConfigError([Issue(f"no step {step!r} in {loaded.file.name}", (), WHERE, hint=did_you_mean(step, steps))])
     config = steps[step]
     issues = []
     wanted: dict[str, list[str]] = {}

@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 from pipelines.validate import LoadedWorkflow
 from schemas.azureml import AzureML
 from schemas.errors import PipelineError
-from schemas.paths import is_package_uri, looks_like_hub_id, resolve_local_path
+from schemas.paths import PathResolutionError, is_package_uri, looks_like_hub_id, resolve_local_path
 
 #: Where the workflow file sits inside the uploaded code snapshot.
 WORKFLOW_DIR = "workflow"
@@ -166,7 +166,7 @@ def _uri_type(uri: str, local_value: str, folder: Path) -> str:
         local = resolve_local_path(local_value, folder)
         if local.exists():
             return "uri_file" if local.is_file() else "uri_folder"
-    except ValueError:
+    except PathResolutionError:
         pass
     last = uri.rstrip("/").rsplit("/", 1)[-1]
     return "uri_file" if not uri.endswith("/") and "." in last and "/paths/" in uri else "uri_folder"

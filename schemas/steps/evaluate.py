@@ -29,7 +29,7 @@ GOAL_METRICS = {
 class Goal(BaseModel):
     """A bound a measured metric must meet: `min`, `max` or both (inclusive)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     min: float | None = Field(None, description="The metric must be at least this.")
     max: float | None = Field(None, description="The metric must be at most this.")

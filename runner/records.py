@@ -1,0 +1,54 @@
+"""The records of a run: what `pipeline run` was asked to do, what happened to each step, the outcome.
+
+Plain dataclasses that both the runner (`execute`) and what a run leaves behind (`report`) read, kept
+apart from both so that neither imports the other's module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+
+@dataclass
+class RunOptions:
+    """What `pipeline run` was asked to do besides the workflow itself."""
+
+    cache_dir: Path | None = None
+    output: Path | None = None
+    force: Sequence[str] = ()
+    only: Sequence[str] = ()
+    fail_fast: bool = False
+    quiet: bool = False
+
+
+@dataclass
+class StepRecord:
+    """What happened to one step in a run."""
+
+    name: str
+    type: str
+    kind: str
+    status: str = "pending"  # ran | cached | failed | skipped
+    key: str | None = None
+    seconds: float = 0.0
+    summary: str | None = None
+    error: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    """The outcome of a run: status (ok / failed / goals_missed / interrupted), the steps and where outputs went."""
+
+    status: str
+    steps: dict[str, StepRecord]
+    output_dir: Path
+    started: float
+    finished: float
+
+    @property
+    def exit_code(self) -> int:
+        """0 ok, 1 a step failed or an `on_goal_miss: fail` goal was missed, 130 interrupted."""
+        return {"ok": 0, "failed": 1, "goals_missed": 1}.get(self.status, 130)
