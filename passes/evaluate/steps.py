@@ -291,7 +291,7 @@ class Evaluate(Pass[EvaluateConfig]):
         """Causal LMs: perplexity, sample answers, decode speed, size (see `_evaluate_lm`)."""
         import torch
 
-        from ._evaluate_lm import evaluate_lms
+        from passes.evaluate.lm import evaluate_lms
 
         threads = self.config.threads or ctx.target.threads or os.cpu_count() or 1
         previous_threads = torch.get_num_threads()

@@ -101,7 +101,7 @@ class Quantize(Pass[QuantizeConfig]):
                 if method == "dynamic_int8":
                     _dynamic_int8(cfg, graph, dst_model, excluded, external)
                 elif method == "static_int8":
-                    from ._calibration import static_int8
+                    from passes.onnx.calibration import static_int8
 
                     static_int8(cfg, plan, graph, dst_model, excluded, external, inputs["data"], ctx)
                 elif method == "int4":
@@ -279,7 +279,7 @@ def compare_outputs(folder: Path, src: Path, dst: Path, outputs: list[str] | Non
     import numpy as np
     from transformers import AutoTokenizer
 
-    from .onnx_export import sample_sentences
+    from passes.onnx.export import sample_sentences
 
     try:
         # The check runs on the CPU provider: every machine has it, and a QDQ model for an NPU runs there too.

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from passes.base import PassError
+
 MODEL_FILE = "model.onnx"
 EXTERNAL_DATA_FILE = "model.onnx.data"
 INFERENCE_SCRIPT = "inference.py"
@@ -78,8 +80,6 @@ def make_session(model_path: Path, providers: list[str], threads: int | None = N
         devices.setdefault(device.ep_name, []).append(device)
     for name, opts in zip(providers, provider_options):
         if name not in devices:
-            from .base import PassError
-
             raise PassError(f"execution provider {name} has no device here (onnxruntime offers "
                             f"{', '.join(sorted(devices))}); is its plugin library registered?")
         options.add_provider_for_devices(devices[name], opts)
@@ -257,8 +257,6 @@ def encode(tokenizer: Any, inputs: list[tuple[str, str]], texts: list[Any], padd
         if values is None and name == "token_type_ids":
             values = np.zeros_like(enc["input_ids"])
         if values is None:
-            from .base import PassError
-
             raise PassError(f"the model takes an input its tokenizer does not produce: {name}")
         feed[name] = values.astype(np.int32 if onnx_type == "tensor(int32)" else np.int64)
     return feed
@@ -291,8 +289,6 @@ def decoder_feed(session: Any, input_ids: list[int]) -> dict[str, Any] | None:
             shape = [d if isinstance(d, int) else (1 if k == 0 else 0) for k, d in enumerate(i.shape)]
             feed[i.name] = np.zeros(shape, dtype=dtype)
         else:
-            from .base import PassError
-
             raise PassError(f"the decoder graph takes an input this check cannot fill: {i.name}")
     return feed
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from passes.base import PassError
+from passes.hf.folders import hub_offline
 
 #: File extensions -> format names of `LoadDataConfig.format`.
 EXTENSIONS = {
@@ -118,8 +119,6 @@ def _all_text_features(files: dict[str, list[str]], sep: str) -> Any:
 
 def load_hub(repo_id: str, cache_dir: str | None) -> dict[str, Any]:
     """Load a hub dataset's splits into pandas frames; a clear PassError when the hub cannot be reached."""
-    from ._hf import hub_offline
-
     offline = hub_offline() or _env_true("HF_DATASETS_OFFLINE")
     hint = (
         f"download the dataset to a local file (e.g. `huggingface-cli download {repo_id} --repo-type dataset "

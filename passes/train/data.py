@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from passes.hf.folders import infer_task, read_config
+from passes.hf.chat import fit, split_pair
 from passes.hf.loading import quiet_datasets
 from passes.base import Artifact, PassError, StepContext
 
@@ -26,8 +28,6 @@ def resolve_task(requested: str | None, base: Artifact, data: Artifact, ctx: Ste
     Raises PassError when the data cannot train that task (no labels for classification, labels for a
     causal LM, instruction data for an encoder).
     """
-    from ._hf import infer_task, read_config
-
     base_task = base.meta.get("task") or infer_task(read_config(Path(base.path)))
     fmt, labels = data.meta.get("format"), data.meta.get("labels")
     task = requested
@@ -137,8 +137,6 @@ def _prepare_classification(dd: Any, tokenizer: Any, max_length: int) -> tuple[A
 def _prepare_instructions(dd: Any, tokenizer: Any, max_length: int, ctx: StepContext, chat: dict[str, Any],
                           train_on_prompt: bool, packing: bool) -> tuple[Any, Any, dict[str, Any]]:
     from datasets import Dataset
-
-    from ._chat import fit, split_pair
 
     out, report = [], {}
     for split in ("train", VALIDATION):
