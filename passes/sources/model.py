@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from schemas.paths import PathResolutionError, is_package_uri, looks_like_hub_id
+from schemas.paths import PathResolutionError, looks_like_hub_id
 from schemas.steps import ModelConfig
 
 from passes.hf.folders import (
@@ -83,7 +83,7 @@ class Model(Pass[ModelConfig]):
         """(folder, GGUF file name or None, a description of the source for the meta)."""
         cfg = self.config
         value = cfg.path
-        if not is_package_uri(value) and looks_like_hub_id(value, ctx.workflow_dir):
+        if looks_like_hub_id(value, ctx.workflow_dir):
             patterns = [cfg.gguf_file] if cfg.gguf_file else _HUB_PATTERNS + (["*.py"] if cfg.trust_remote_code else [])
             try:
                 folder = download_model(value, cfg.revision, patterns)
