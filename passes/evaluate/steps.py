@@ -32,6 +32,7 @@ from passes.ort import providers as _providers
 from passes.evaluate import report as _report
 from passes.evaluate.goals import apply_goals, with_goals
 from passes.base import Artifact, Pass, PassError
+from passes.hf.folders import read_config
 from passes.registry import register_pass
 
 #: The tokenizer outputs an ONNX encoder graph may declare as inputs.
@@ -160,7 +161,7 @@ class OnnxClassifier(Classifier):
             raise PassError(f"model {artifact.step!r}: graph inputs {unknown} are not tokenizer outputs ({', '.join(ONNX_TEXT_INPUTS)}); export it as a text classifier")
         outputs = [o.name for o in self.session.get_outputs()]
         self.output = "logits" if "logits" in outputs else outputs[0]
-        config = _read_config(folder)
+        config = read_config(folder)
         super().__init__(artifact, AutoTokenizer.from_pretrained(folder), labels, self.session.get_providers()[0], config.get("max_position_embeddings"))
 
     def bind(self, encoded: dict[str, Any]) -> Callable[[], Any]:
@@ -187,15 +188,10 @@ def _execution(classifiers: dict[str, Classifier], target: Target, threads: int)
             "threads": threads, "models": {n: c.provider for n, c in classifiers.items()}}
 
 
-def _read_config(folder: Path) -> dict[str, Any]:
-    path = Path(folder) / "config.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def _model_labels(artifact: Artifact) -> list[str] | None:
     labels = artifact.meta.get("labels")
     if labels is None:
-        id2label = _read_config(artifact.path).get("id2label") or {}
+        id2label = read_config(artifact.path).get("id2label") or {}
         labels = [id2label[k] for k in sorted(id2label, key=int)] or None
     return list(labels) if labels is not None else None
 
@@ -204,7 +200,7 @@ def check_classifier(artifact: Artifact, data: Artifact, data_labels: list[str])
     """The model's label names, after checking it is a classifier for exactly the dataset's labels."""
     task = artifact.meta.get("task")
     if task is None:
-        archs = _read_config(artifact.path).get("architectures") or []
+        archs = read_config(artifact.path).get("architectures") or []
         task = "text-classification" if any(a.endswith("ForSequenceClassification") for a in archs) else "feature-extraction"
     if task == "feature-extraction":
         raise PassError(

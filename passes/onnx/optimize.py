@@ -31,6 +31,7 @@ from passes.ort import files as ou
 from passes.ort import fusion as _ort_fusion
 from passes.ort import providers as _providers
 from passes.base import Artifact, Pass, PassError, StepContext
+from passes.hf.folders import read_config
 from passes.onnx.quantize import compare_outputs
 from passes.registry import register_pass
 
@@ -55,7 +56,7 @@ class OptimizeOnnx(Pass[OptimizeOnnxConfig]):
         if not src_model.exists():
             raise PassError(f"step {source.step!r} has no {ou.MODEL_FILE} in {source.path}; optimize_onnx takes an export_onnx step")
         target = ctx.target
-        config = _read_config(source.path)
+        config = read_config(source.path)
         model_type = self._model_type(config, ctx)
         skip_layer_norm = cfg.skip_layer_norm if cfg.skip_layer_norm is not None else target.device != "cpu"
         fp16 = cfg.fp16 if cfg.fp16 is not None else target.device == "gpu"
@@ -165,10 +166,3 @@ def _place(graph: Path, out_dir: Path, move: bool) -> None:
     """Move the final stage's model (and its external data) into the output folder; copy the input's."""
     for f in ou.model_files(graph.parent):
         (shutil.move if move else shutil.copy2)(str(f), out_dir / f.name)
-
-
-def _read_config(folder: Path) -> dict:
-    try:
-        return json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}

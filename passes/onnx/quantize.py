@@ -39,6 +39,7 @@ from schemas.steps import QuantizeConfig
 from passes.ort import files as ou
 from passes.ort.fusion import fuse_encoder
 from passes.base import Artifact, Pass, PassError, StepContext
+from passes.hf.folders import read_config
 from passes.registry import register_pass
 
 #: onnxruntime's fused transformer operators (an optimized graph): their weights are only int8-quantized
@@ -158,12 +159,11 @@ def _fuse_for_int8(source: Artifact, scratch: Path, exclude_nodes: list[str], ct
     dropped when it replaces a node named in `exclude_nodes` or moves the outputs by more than 1e-4.
     """
     src = source.path / ou.MODEL_FILE
-    try:
-        config = SimpleNamespace(**json.loads((source.path / "config.json").read_text(encoding="utf-8")))
-    except (OSError, ValueError):
+    config = read_config(source.path)
+    if not config:
         ctx.log("no config.json next to the model: quantizing the unfused graph")
         return src, None
-    stats = fuse_encoder(src, scratch, config, ctx.log)
+    stats = fuse_encoder(src, scratch, SimpleNamespace(**config), ctx.log)
     if not stats:
         return src, None
     fused = scratch / ou.MODEL_FILE

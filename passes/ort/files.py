@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from passes.base import PassError
+from passes.hf.folders import read_config
 
 MODEL_FILE = "model.onnx"
 EXTERNAL_DATA_FILE = "model.onnx.data"
@@ -368,17 +369,11 @@ def model_family(folder: Path, meta: dict | None = None) -> str:
     A causal LM is recognised by the step's task, a `genai_config.json`, a `...ForCausalLM`/`LMHeadModel`
     architecture in config.json, or KV-cache inputs in the graph; everything else is an encoder.
     """
-    import json
-
     if (meta or {}).get("task") in ("causal-lm", "text-generation"):
         return "causal_lm"
     if (folder / "genai_config.json").is_file():
         return "causal_lm"
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        config = {}
-    if any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in config.get("architectures") or []):
+    if any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in read_config(folder).get("architectures") or []):
         return "causal_lm"
     model = folder / MODEL_FILE
     if model.is_file() and any(name.startswith(_CACHE_INPUT_PREFIXES) for name, _ in graph_inputs(model)):

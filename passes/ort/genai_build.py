@@ -50,6 +50,7 @@ from typing import Any
 
 from passes.ort.files import import_nbits_quantizer, quiet_quantizer
 from passes.base import PassError
+from passes.hf.folders import read_config
 
 BUILDER_VERSION = "0.14.1"
 #: Precision -> execution providers the 0.14.1 builder says it supports (its own printed list).
@@ -202,7 +203,7 @@ def _int8_nodes(names: list[str], model_dir: Path) -> list[str]:
     layout is skipped later)."""
     if not set(names) & set(INT8_ALIASES):
         return names
-    layers = int(json.loads((model_dir / "config.json").read_text()).get("num_hidden_layers", 0))
+    layers = int(read_config(model_dir).get("num_hidden_layers", 0))
     qkv = lambda i: [f"/model/layers.{i}/attn/{p}/MatMul" for p in ("qkv_proj", "q_proj", "k_proj", "v_proj")]
     out = [n for n in names if n not in INT8_ALIASES]
     if "sensitive" in names:
