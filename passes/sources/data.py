@@ -89,7 +89,7 @@ class LoadData(Pass[LoadDataConfig]):
         if balanced:
             meta["balance"] = balanced
         if fmt_name == "instruction":
-            # How the pairs become token sequences, applied by every pass that tokenizes them (see _chat.py).
+            # How the pairs become token sequences, applied by every pass that tokenizes them (see passes/hf/chat.py).
             meta["chat"] = {"chat_template": cfg.chat_template, "system_prompt": cfg.system_prompt}
         return meta
 

@@ -28,7 +28,7 @@ from passes.hf.folders import (
     read_config,
     weights_info,
 )
-from passes.hf.loading import auto_class_for, quiet_transformers
+from passes.hf.loading import auto_class_for, load_tokenizer, quiet_transformers
 from passes.base import Pass, PassError, StepContext
 from passes.registry import register_pass
 
@@ -162,7 +162,7 @@ class Model(Pass[ModelConfig]):
         cfg = self.config
         import torch
         import transformers
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         path = folder / name
         architecture, n_tensors = gguf_header(path)
@@ -175,7 +175,7 @@ class Model(Pass[ModelConfig]):
                         str(folder), gguf_file=name, dtype=getattr(torch, cfg.dtype)
                     )
                     bar.update(description="reading the GGUF tokenizer")
-                    tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=name)
+                    tokenizer = load_tokenizer(folder, gguf_file=name)
                     bar.advance(1)
                 except (ValueError, KeyError, NotImplementedError) as exc:
                     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES

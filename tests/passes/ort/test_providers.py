@@ -140,7 +140,7 @@ def test_sessions_on_the_cpu_provider_record_what_ran(tmp_path, make_ctx):
     import onnx
     from onnx import TensorProto, helper
 
-    from passes.ort import providers as _providers
+    from passes.ort import providers, sessions
 
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
@@ -148,17 +148,29 @@ def test_sessions_on_the_cpu_provider_record_what_ran(tmp_path, make_ctx):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "model.onnx"))
     target = Target(device="gpu", fallback="cpu", threads=1, provider_options={"CUDAExecutionProvider": {"device_id": 0}})
     lines: list[str] = []
-    choice = _providers.choose(target, tmp_path, lines.append)
+    choice = providers.choose(target, tmp_path, lines.append)
     assert choice.providers == (CPU,) and choice.fell_back  # no GPU on this machine
-    session = _providers.target_session(tmp_path / "model.onnx", target, choice)
+    session = sessions.target_session(tmp_path / "model.onnx", target, choice)
     assert session.run(None, {"x": np.array([-1.0, 2.0], dtype=np.float32)})[0].tolist() == [0.0, 2.0]
-    record = _providers.session_record(session, choice)
+    record = providers.session_record(session, choice)
     assert record["provider"] == CPU and record["fell_back"] and "CUDAExecutionProvider" in record["missing"]
-    assert _providers.provider_options_for(Target(device="npu", provider_options={QNN: {"htp_graph_finalization_optimization_mode": 3, "x": True}}),
+    assert providers.provider_options_for(Target(device="npu", provider_options={QNN: {"htp_graph_finalization_optimization_mode": 3, "x": True}}),
                                            [QNN, CPU]) == [{"htp_graph_finalization_optimization_mode": "3", "x": "1"}, {}]
     from passes.base import PassError
 
     with pytest.raises(PassError, match="none is available here"):
-        _providers.choose(Target(device="gpu"), tmp_path)
+        providers.choose(Target(device="gpu"), tmp_path)
     with pytest.raises(PassError, match="provider_libraries.QNNExecutionProvider: no such file"):
-        _providers.register_plugins(Target(device="npu", provider_libraries={QNN: "nope.so"}), tmp_path)
+        providers.register_plugins(Target(device="npu", provider_libraries={QNN: "nope.so"}), tmp_path)
+
+
+def test_choose_keeps_installed_providers_and_logs_the_fallback_once(monkeypatch):
+    from passes.ort import providers
+
+    monkeypatch.setattr(providers, "available_providers", lambda: ["AzureExecutionProvider", CPU])
+    lines: list[str] = []
+    target = Target(providers=["OpenVINOExecutionProvider", "AzureExecutionProvider"], fallback="cpu")
+    assert providers.choose(target, log=lines.append).providers == ("AzureExecutionProvider", CPU)
+    assert len(lines) == 1 and "OpenVINOExecutionProvider not installed" in lines[0]
+    assert providers.choose(Target(), log=lines.append).providers == (CPU,)
+    assert len(lines) == 1
