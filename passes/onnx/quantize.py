@@ -35,6 +35,7 @@ from typing import Any
 
 from schemas.steps import QuantizeConfig
 
+from passes.onnx.quant_plan import plan_quantization
 from passes.ort import files
 from passes.ort.checks import compare_outputs
 from passes.ort.fusion import fuse_encoder
@@ -72,12 +73,10 @@ class Quantize(Pass[QuantizeConfig]):
         if not src_model.exists():
             raise PassError(f"step {source.step!r} has no {files.MODEL_FILE} in {source.path}; quantize takes an export_onnx step")
         family = files.model_family(source.path, source.meta)
-        plan = cfg.plan(ctx.target, causal_lm=family == "causal_lm")
+        plan = plan_quantization(cfg, ctx.target, causal_lm=family == "causal_lm")
         method = plan.method
         ctx.log(f"{method}{f' ({plan.activation_type} activations, {plan.profile} op set)' if plan.profile else ''}: "
                 f"{plan.reason}")
-        if method == "static_int8" and "data" not in inputs:
-            raise PassError(f"static_int8 ({plan.reason}) is calibrated on data: set `data` to a load_data step")
         dst_model = ctx.out_dir / files.MODEL_FILE
         excluded = _nodes_to_exclude(src_model, cfg.exclude_nodes, cfg.exclude_op_types)
         fused_ops = files.op_counts(src_model).keys() & FUSED_OP_TYPES

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from schemas import Target
-from schemas.steps import QuantizeConfig
 from schemas.target import CPU, StepTarget, TargetError, providers_from_packages, select_providers
 
 BASE = [CPU, "AzureExecutionProvider"]
@@ -98,41 +97,6 @@ def test_step_override():
     named = Target(providers=[CPU]).overridden(StepTarget(device="npu"))
     assert named.providers is None and named.resolved_providers()[0] == QNN
     assert Target(providers=[CPU]).overridden(StepTarget(threads=1)).providers == [CPU]
-
-
-@pytest.mark.parametrize(("target", "llm", "method", "activation", "profile"), [
-    (Target(), False, "dynamic_int8", None, None),
-    (Target(), True, "int4", None, None),
-    (Target(device="gpu"), False, "fp16", None, None),
-    (Target(device="gpu"), True, "int4", None, None),
-    (Target(device="npu"), False, "static_int8", "uint16", "qnn"),
-    (Target(device="npu", providers=["OpenVINOExecutionProvider"]), False, "static_int8", "uint8", "npu"),
-    (Target(device="npu", providers=["VitisAIExecutionProvider"]), False, "static_int8", "uint8", "npu"),
-    (Target(device="npu"), True, "int4", None, None),
-])
-def test_quantize_picks_what_the_target_runs_best(target, llm, method, activation, profile):
-    plan = QuantizeConfig(type="quantize", model="m", data="d").plan(target, causal_lm=llm)
-    assert (plan.method, plan.activation_type, plan.profile) == (method, activation, profile)
-    assert plan.reason
-
-
-def test_quantize_explicit_fields_win_and_what_is_keyed():
-    explicit = QuantizeConfig(type="quantize", model="m", method="dynamic_int8")
-    plan = explicit.plan(Target(device="npu"), causal_lm=False)
-    assert plan.method == "dynamic_int8" and plan.reason == "set in the step"
-    assert not explicit.uses_target  # its result does not depend on the target: the target stays out of its key
-    static = QuantizeConfig(type="quantize", model="m", method="static_int8", data="d", activation_type="uint8")
-    assert static.plan(Target(device="npu"), False).activation_type == "uint8"
-    assert static.plan(Target(), False).profile == "cpu" and static.uses_target
-    assert QuantizeConfig(type="quantize", model="m").uses_target
-    with pytest.raises(ValueError, match="`activation_type` applies to static_int8, not int4"):
-        QuantizeConfig(type="quantize", model="m", method="int4", activation_type="uint16")
-
-
-def test_quantize_on_npu_needs_data_before_anything_runs():
-    (issue,) = QuantizeConfig(type="quantize", model="m").target_issues(Target(device="npu"))
-    assert issue[0] == ("data",) and "calibrated on data" in issue[1]
-    assert QuantizeConfig(type="quantize", model="m").target_issues(Target()) == []
 
 
 def test_sessions_on_the_cpu_provider_record_what_ran(tmp_path, make_ctx):
