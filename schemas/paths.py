@@ -15,6 +15,12 @@ from .errors import PipelineError
 
 PKG_PREFIX = "pkg://"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+#: Extensions of local files a workflow points at (data files, with their compressed forms, and single-file
+#: models): a value ending in one is a local path even when it has the `org/name` shape.
+LOCAL_FILE_SUFFIXES = frozenset({
+    ".csv", ".tsv", ".tab", ".json", ".jsonl", ".ndjson", ".parquet", ".pq", ".arrow", ".txt", ".text",
+    ".gz", ".bz2", ".xz", ".zst", ".zip", ".gguf", ".onnx", ".safetensors", ".bin",
+})
 
 
 class PathResolutionError(PipelineError):
@@ -27,8 +33,19 @@ def is_package_uri(value: str) -> bool:
 
 
 def looks_like_hub_id(value: str, base: Path) -> bool:
-    """True for `org/name` that is not an existing local path relative to `base`."""
-    return bool(_HUB_ID.match(value)) and not (base / value).exists() and not value.startswith(".")
+    """True when a workflow value names a Hugging Face hub repository (`org/name`), not a local path.
+
+    The one test every layer uses (validation, cache keys, the source passes, Azure ML specs): the value
+    has the `org/name` shape, is no `pkg://` URI, does not start with `.`, does not exist relative to
+    `base` (the workflow's folder), and does not end in a file extension of a local data or model file:
+    `data/train.csv` and `models/tiny.gguf` have the hub shape too, but a missing one is a typo of a
+    local path ("no such file"), not a hub repository to download.
+    """
+    if is_package_uri(value) or value.startswith(".") or not _HUB_ID.match(value):
+        return False
+    if Path(value).suffix.lower() in LOCAL_FILE_SUFFIXES:
+        return False
+    return not (base / value).exists()
 
 
 def package_folder(package: str) -> Path:

@@ -63,7 +63,7 @@ def _no_gc() -> Iterator[None]:
 #: (MiniLM int8 vs PyTorch fp32, 2 threads, one process, two models): without the pause int8 ran at
 #: 3.2-3.6 ms in some processes and 5.2-5.4 ms in others (3 of 6), as with libgomp forced to spin
 #: (OMP_WAIT_POLICY=ACTIVE: 7.5 ms); with it 3.1-3.4 ms in 4 of 4. 50 ms a block, outside the timings.
-#: The other cause of slow processes was the machine's state after a burst of work (passes/_machine.py).
+#: The other cause of slow processes was the machine's state after a burst of work (passes/evaluate/machine.py).
 SETTLE_S = 0.05
 
 

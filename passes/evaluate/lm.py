@@ -5,7 +5,7 @@ builder) and optimum ONNX exports (onnxruntime through optimum's ORTModelForCaus
 is the baseline.
 
 - perplexity: exp(mean negative log-likelihood of the response tokens), the prompt as context, on a
-  dataset split of instruction pairs formatted exactly as training formatted them (`_chat`). Every
+  dataset split of instruction pairs formatted exactly as training formatted them (`passes.hf.chat`). Every
   model scores the same token ids.
 - generate: greedy answers to the first prompts of the split (or the step's `prompts`), stopping at EOS.
 - tokens_per_second / time_to_first_token: greedy decoding of exactly `max_new_tokens` tokens (EOS is
@@ -26,9 +26,10 @@ from typing import Any
 
 from schemas.steps import EvaluateConfig
 
-from passes.evaluate import machine as _machine
-from passes.evaluate import report as _report
+from passes.evaluate import machine
+from passes.evaluate import report
 from passes.evaluate.latency import SETTLE_S
+from passes.hf.loading import load_tokenizer
 from passes.hf.chat import chat_settings, check_chat_template, encode_prompt, fit, split_pair
 from passes.evaluate.goals import apply_goals, with_goals
 from passes.ort.genai_run import (GenaiSession, greedy_answer, sequence_nll, speed_summary, timed_genai,
@@ -46,10 +47,10 @@ class TorchLM:
 
     def __init__(self, artifact: Artifact) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         self.artifact, folder = artifact, Path(artifact.path)
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.tokenizer = load_tokenizer(folder)
         if artifact.kind == "onnx_model":
             from optimum.onnxruntime import ORTModelForCausalLM
 
@@ -81,7 +82,7 @@ class TorchLM:
 
 
 class GenaiLM:
-    """An onnxruntime-genai folder (genai_config.json), run with onnxruntime-genai (`_genai_run.GenaiSession`)."""
+    """An onnxruntime-genai folder (genai_config.json), run with onnxruntime-genai (`passes.ort.genai_run.GenaiSession`)."""
 
     def __init__(self, artifact: Artifact) -> None:
         self.artifact, self.folder = artifact, Path(artifact.path)
@@ -191,8 +192,8 @@ def evaluate_lms(cfg: EvaluateConfig, models: list[Artifact], data: Artifact, ct
     add_lm_comparisons(results, baseline)
     payload["goals"], goal_meta = apply_goals(cfg, results, ctx.log)
     (ctx.out_dir / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
-    _report.write_lm_report(ctx.out_dir, payload, step=ctx.step)
-    summary = with_goals(_report.lm_summary_line(results, baseline), payload["goals"])
+    report.write_lm_report(ctx.out_dir, payload, step=ctx.step)
+    summary = with_goals(report.lm_summary_line(results, baseline), payload["goals"])
     ctx.log(summary)
     return {"metrics": results, "baseline": baseline, "summary": summary, **goal_meta}
 
@@ -210,14 +211,14 @@ def _time(runners: dict[str, Any], tokenizer: Any, prompt: str, chat: dict[str, 
             for _ in range(WARMUP_GENERATIONS):
                 runner.timed(ids, n)
                 bar.advance(1)
-        parallel = _machine.settle(threads, ctx.target.device, ctx.log)
+        parallel = machine.settle(threads, ctx.target.device, ctx.log)
         schedule = []
         for _ in range(cfg.generation_runs):
             names = list(runners)
             order.shuffle(names)
             schedule.append(names)
             for name in names:
-                time.sleep(SETTLE_S)  # untimed: the previous model's idle threads stop spinning (see _latency)
+                time.sleep(SETTLE_S)  # untimed: the previous model's idle threads stop spinning (see passes.evaluate.latency)
                 samples[name].append(runners[name].timed(ids, n))
                 bar.advance(1)
     for name, runs in samples.items():

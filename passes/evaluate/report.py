@@ -165,7 +165,7 @@ def draw_charts(out_dir: Path, results: dict[str, dict[str, Any]], labels: list[
 
 
 def _parallel_note(results: dict[str, dict[str, Any]]) -> str:
-    """The cores' parallel speedup when timing began (passes/_machine.py), when it was measured."""
+    """The cores' parallel speedup when timing began (passes/evaluate/machine.py), when it was measured."""
     first = next(iter(results.values()), {})
     if "parallel_speedup" not in first:
         return ""

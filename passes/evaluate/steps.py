@@ -1,7 +1,7 @@
 """The `evaluate` pass: quality, latency and size of several classifiers side by side.
 
 Causal LMs (the metrics perplexity, generate, tokens_per_second, time_to_first_token) are measured
-by `_evaluate_lm`.
+by `passes.evaluate.lm`.
 
 Hugging Face models run in PyTorch (eager, fp32, `inference_mode`), ONNX models in ONNX Runtime on the
 workflow target's providers. Quality comes from sklearn.metrics on a dataset split; latency from one
@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +22,15 @@ from schemas import Target
 from schemas.steps import EvaluateConfig
 from schemas.steps.evaluate import LM_METRICS
 
-from schemas.target import TargetError, select_providers
-
-from passes.evaluate import latency as _latency
-from passes.evaluate import machine as _machine
-from passes.ort import files as _onnx_utils
-from passes.ort import providers as _providers
-from passes.evaluate import report as _report
+from passes.evaluate import latency
+from passes.evaluate import machine
+from passes.evaluate import report
+from passes.evaluate.classifiers import Classifier, HfClassifier, OnnxClassifier, check_classifier, execution_record, quality_metrics
 from passes.evaluate.goals import apply_goals, with_goals
+from passes.ort import files, providers
 from passes.base import Artifact, Pass, PassError
 from passes.registry import register_pass
 
-#: The tokenizer outputs an ONNX encoder graph may declare as inputs.
-ONNX_TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 #: Weights files of a Hugging Face folder (the tokenizer and config do not count towards its size).
 HF_WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "tf_model*.h5", "flax_model*.msgpack")
 #: Rows per batch for the quality metrics (dynamic padding keeps short batches cheap).
@@ -44,182 +39,21 @@ EVAL_BATCH = 32
 SHUFFLE_SEED = 0
 
 
-def session_providers(target: Target, available: list[str], log: Callable[[str], None]) -> list[str]:
-    """The ONNX Runtime providers to use for `target`, given the available ones (`schemas.target.select_providers`).
+def artifact_size_bytes(artifact: Artifact) -> int:
+    """Bytes on disk of a model artifact's weights: the ONNX graph and its external data, or HF weights files.
 
-    A requested provider that is not available is an error (naming the package that brings it), unless
-    the target says `fallback: cpu`: then it is dropped, once, with a log line, and the CPU is used.
+    The tokenizer and config files do not count. For an ONNX folder this is `passes.ort.files.model_size_bytes`.
     """
-    try:
-        choice = select_providers(target, available)
-    except TargetError as exc:
-        raise PassError(str(exc)) from None
-    if choice.missing:
-        log(f"execution provider(s) {', '.join(choice.missing)} not installed; falling back to {', '.join(choice.providers)}")
-    return list(choice.providers)
-
-
-def make_session(model_path: Path, providers: list[str], threads: int, provider_options: list[dict[str, str]] | None = None) -> Any:
-    """An ONNX Runtime session with `threads` intra-op threads and the target's provider options; SkipLayerNorm left unfused on the CPU."""
-    return _onnx_utils.make_session(model_path, providers, threads, provider_options=provider_options)
-
-
-def model_size_bytes(artifact: Artifact) -> int:
-    """Bytes on disk of the model itself: `.onnx` files plus their external data, or HF weights files."""
     folder = Path(artifact.path)
     if artifact.kind == "onnx_model":
-        files = set(_onnx_utils.model_files(folder)) if (folder / _onnx_utils.MODEL_FILE).exists() else set()
+        if (folder / files.MODEL_FILE).exists():
+            return files.model_size_bytes(folder)
+        found: list[Path] = []
     else:
-        files = {p for pattern in HF_WEIGHT_PATTERNS for p in folder.glob(pattern)}
-    if not files:
+        found = [p for pattern in HF_WEIGHT_PATTERNS for p in folder.glob(pattern)]
+    if not found:
         raise PassError(f"model {artifact.step!r}: no model files found in {folder}")
-    return sum(p.stat().st_size for p in files)
-
-
-def quality_metrics(y_true: list[int], y_pred: list[int], n_labels: int, wanted: list[str]) -> dict[str, Any]:
-    """sklearn metrics; f1/precision/recall are binary (positive = label id 1) for 2 classes, else macro."""
-    from sklearn import metrics as skm
-
-    average = "binary" if n_labels == 2 else "macro"
-    scorers = {"f1": skm.f1_score, "precision": skm.precision_score, "recall": skm.recall_score}
-    out: dict[str, Any] = {"samples": len(y_true)}
-    if "accuracy" in wanted:
-        out["accuracy"] = float(skm.accuracy_score(y_true, y_pred))
-    for name, scorer in scorers.items():
-        if name in wanted:
-            kwargs = {"pos_label": 1} if average == "binary" else {"labels": list(range(n_labels))}
-            out[name] = float(scorer(y_true, y_pred, average=average, zero_division=0, **kwargs))
-    if "confusion_matrix" in wanted:
-        out["confusion_matrix"] = skm.confusion_matrix(y_true, y_pred, labels=list(range(n_labels))).tolist()
-    return out
-
-
-class Classifier:
-    """A loaded sequence classifier: its tokenizer, a batch `logits` function and a timing callable."""
-
-    def __init__(self, artifact: Artifact, tokenizer: Any, labels: list[str], provider: str, max_positions: int | None):
-        self.artifact, self.tokenizer, self.labels = artifact, tokenizer, labels
-        self.provider, self.max_positions = provider, max_positions
-
-    def encode(self, texts: list[Any], **kwargs: Any) -> dict[str, Any]:
-        """Tokenize texts (strings or (text, text_pair) pairs) to numpy arrays."""
-        if texts and isinstance(texts[0], tuple):
-            return dict(self.tokenizer([t for t, _ in texts], [p for _, p in texts], return_tensors="np", **kwargs))
-        return dict(self.tokenizer(list(texts), return_tensors="np", **kwargs))
-
-    def logits(self, encoded: dict[str, Any]) -> Any:
-        """Logits (numpy, batch x labels) for encoded inputs."""
-        return self.bind(encoded)()
-
-    def bind(self, encoded: dict[str, Any]) -> Callable[[], Any]:
-        """A zero-argument call running the model on these inputs, converted once (what latency times)."""
-        raise NotImplementedError
-
-
-class HfClassifier(Classifier):
-    """A Hugging Face `...ForSequenceClassification` in PyTorch: eager, fp32, inference mode."""
-
-    def __init__(self, artifact: Artifact, labels: list[str], device: str):
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        self.model = AutoModelForSequenceClassification.from_pretrained(artifact.path, dtype=torch.float32)
-        self.model.to(device).eval()
-        self.device = device
-        tokenizer = AutoTokenizer.from_pretrained(artifact.path)
-        super().__init__(artifact, tokenizer, labels, f"torch-{device}", getattr(self.model.config, "max_position_embeddings", None))
-
-    def bind(self, encoded: dict[str, Any]) -> Callable[[], Any]:
-        import torch
-
-        tensors = {k: torch.from_numpy(v).to(self.device) for k, v in encoded.items()}
-        model, sync = self.model, (torch.cuda.synchronize if self.device == "cuda" else None)
-
-        def call() -> Any:
-            with torch.inference_mode():
-                logits = model(**tensors).logits
-            if sync:
-                sync()
-            return logits.float().cpu().numpy()
-
-        return call
-
-
-class OnnxClassifier(Classifier):
-    """An ONNX classifier in ONNX Runtime; only the inputs the graph declares are fed."""
-
-    def __init__(self, artifact: Artifact, labels: list[str], providers: list[str], threads: int,
-                 provider_options: list[dict[str, str]] | None = None):
-        from transformers import AutoTokenizer
-
-        folder = Path(artifact.path)
-        self.session = make_session(folder / "model.onnx", providers, threads, provider_options)
-        self.inputs = {i.name: i.type for i in self.session.get_inputs()}
-        unknown = sorted(set(self.inputs) - set(ONNX_TEXT_INPUTS))
-        if unknown:
-            raise PassError(f"model {artifact.step!r}: graph inputs {unknown} are not tokenizer outputs ({', '.join(ONNX_TEXT_INPUTS)}); export it as a text classifier")
-        outputs = [o.name for o in self.session.get_outputs()]
-        self.output = "logits" if "logits" in outputs else outputs[0]
-        config = _read_config(folder)
-        super().__init__(artifact, AutoTokenizer.from_pretrained(folder), labels, self.session.get_providers()[0], config.get("max_position_embeddings"))
-
-    def bind(self, encoded: dict[str, Any]) -> Callable[[], Any]:
-        import numpy as np
-
-        feeds = {}
-        for name, onnx_type in self.inputs.items():
-            dtype = np.int32 if onnx_type == "tensor(int32)" else np.int64
-            value = encoded.get(name)
-            if value is None:  # a graph with token_type_ids fed by a tokenizer without them
-                value = np.zeros_like(encoded["input_ids"])
-            feeds[name] = np.ascontiguousarray(value, dtype=dtype)
-        session, output = self.session, [self.output]
-        return lambda: session.run(output, feeds)[0]
-
-
-def _execution(classifiers: dict[str, Classifier], target: Target, threads: int) -> dict[str, Any] | None:
-    """Where the ONNX models ran, read from their sessions (None when only PyTorch models were evaluated)."""
-    sessions = [c.session for c in classifiers.values() if isinstance(c, OnnxClassifier)]
-    if not sessions:
-        return None
-    used = list(sessions[0].get_providers())
-    return {"provider": used[0], "providers": used, "requested": target.resolved_providers(),
-            "threads": threads, "models": {n: c.provider for n, c in classifiers.items()}}
-
-
-def _read_config(folder: Path) -> dict[str, Any]:
-    path = Path(folder) / "config.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _model_labels(artifact: Artifact) -> list[str] | None:
-    labels = artifact.meta.get("labels")
-    if labels is None:
-        id2label = _read_config(artifact.path).get("id2label") or {}
-        labels = [id2label[k] for k in sorted(id2label, key=int)] or None
-    return list(labels) if labels is not None else None
-
-
-def check_classifier(artifact: Artifact, data: Artifact, data_labels: list[str]) -> list[str]:
-    """The model's label names, after checking it is a classifier for exactly the dataset's labels."""
-    task = artifact.meta.get("task")
-    if task is None:
-        archs = _read_config(artifact.path).get("architectures") or []
-        task = "text-classification" if any(a.endswith("ForSequenceClassification") for a in archs) else "feature-extraction"
-    if task == "feature-extraction":
-        raise PassError(
-            f"model {artifact.step!r} has no classification head (task feature-extraction): cannot classify: "
-            f"fine-tune it first (lora/finetune) on {data.step!r}, then evaluate the tuned (merged or exported) model"
-        )
-    if task != "text-classification":
-        raise PassError(f"model {artifact.step!r} has task {task!r}; evaluate measures text-classification models")
-    labels = _model_labels(artifact)
-    if labels != data_labels:
-        raise PassError(
-            f"model {artifact.step!r} predicts labels {labels} but dataset {data.step!r} has labels {data_labels}; "
-            f"evaluate a model fine-tuned on this dataset (same label names in the same order)"
-        )
-    return labels
+    return sum(p.stat().st_size for p in set(found))
 
 
 @register_pass
@@ -257,7 +91,7 @@ class Evaluate(Pass[EvaluateConfig]):
             timings = None
             if "latency" in cfg.metrics:
                 # Timed before the quality pass: right after a burst of work on every core, the second core
-                # stopped helping multi-threaded runs here for 10-30 s (passes/_machine.py).
+                # stopped helping multi-threaded runs here for 10-30 s (passes/machine.py).
                 timings = self._time(classifiers, texts, ctx, results, threads)
             quality = [m for m in cfg.metrics if m in ("accuracy", "f1", "precision", "recall", "confusion_matrix")]
             if quality:
@@ -266,12 +100,12 @@ class Evaluate(Pass[EvaluateConfig]):
                     results[name].update(quality_metrics(y_true, y_pred, len(data_labels), quality))
             if "size" in cfg.metrics:
                 for art in models:
-                    results[art.step]["size_mb"] = model_size_bytes(art) / 1e6
+                    results[art.step]["size_mb"] = artifact_size_bytes(art) / 1e6
         finally:
             torch.set_num_threads(previous_threads)
 
         baseline = names[0]
-        _report.add_comparisons(results, baseline)
+        report.add_comparisons(results, baseline)
         goals, goal_meta = apply_goals(cfg, results, ctx.log)
         environment = self._environment(threads, ctx.target)
         payload = {
@@ -281,14 +115,14 @@ class Evaluate(Pass[EvaluateConfig]):
         if timings is not None:
             payload["latency"] = {"schedule": timings.schedule, "samples_ms": timings.samples_ms}
         (ctx.out_dir / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
-        _report.write_report(ctx.out_dir, payload, step=ctx.step)
-        summary = with_goals(_report.summary_line(results, baseline), goals)
+        report.write_report(ctx.out_dir, payload, step=ctx.step)
+        summary = with_goals(report.summary_line(results, baseline), goals)
         ctx.log(summary)
         return {"metrics": results, "baseline": baseline, "summary": summary, **goal_meta,
-                "execution": _execution(classifiers, ctx.target, threads)}
+                "execution": execution_record(classifiers, ctx.target, threads)}
 
     def _run_lms(self, models: list[Artifact], data: Artifact, ctx: Any) -> dict[str, Any]:
-        """Causal LMs: perplexity, sample answers, decode speed, size (see `_evaluate_lm`)."""
+        """Causal LMs: perplexity, sample answers, decode speed, size (see `passes.evaluate.lm`)."""
         import torch
 
         from passes.evaluate.lm import evaluate_lms
@@ -297,7 +131,7 @@ class Evaluate(Pass[EvaluateConfig]):
         previous_threads = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            return evaluate_lms(self.config, models, data, ctx, threads, model_size_bytes,
+            return evaluate_lms(self.config, models, data, ctx, threads, artifact_size_bytes,
                                 self._environment(threads, ctx.target))
         finally:
             torch.set_num_threads(previous_threads)
@@ -326,15 +160,12 @@ class Evaluate(Pass[EvaluateConfig]):
 
     def _load_models(self, models: list[Artifact], data: Artifact, data_labels: list[str], ctx: Any, threads: int) -> dict[str, Classifier]:
         out: dict[str, Classifier] = {}
-        providers = device = None
+        choice = device = None
         for art in models:
             labels = check_classifier(art, data, data_labels)
             if art.kind == "onnx_model":
-                if providers is None:
-                    _providers.register_plugins(ctx.target, ctx.workflow_dir, ctx.log)
-                    providers = session_providers(ctx.target, _providers.available_providers(), ctx.log)
-                out[art.step] = OnnxClassifier(art, labels, providers, threads,
-                                               _providers.provider_options_for(ctx.target, providers))
+                choice = choice or providers.choose(ctx.target, ctx.workflow_dir, ctx.log)
+                out[art.step] = OnnxClassifier(art, labels, ctx.target, choice, threads)
             else:
                 device = device or self._torch_device(ctx)
                 out[art.step] = HfClassifier(art, labels, device)
@@ -368,9 +199,9 @@ class Evaluate(Pass[EvaluateConfig]):
                 bar.advance(1)
         return preds
 
-    def _time(self, classifiers: dict[str, Classifier], texts: list[Any], ctx: Any, results: dict[str, dict[str, Any]], threads: int) -> _latency.Timings:
+    def _time(self, classifiers: dict[str, Classifier], texts: list[Any], ctx: Any, results: dict[str, dict[str, Any]], threads: int) -> latency.Timings:
         cfg = self.config
-        batch = _latency.latency_texts(texts, cfg.batch_size)
+        batch = latency.latency_texts(texts, cfg.batch_size)
         runners = {}
         for name, clf in classifiers.items():
             if clf.max_positions and cfg.sequence_length > clf.max_positions:
@@ -378,18 +209,18 @@ class Evaluate(Pass[EvaluateConfig]):
             enc = clf.encode(batch, padding="max_length", truncation=True, max_length=cfg.sequence_length)
             runners[name] = clf.bind(enc)
         total = cfg.repeats * len(runners)
-        load_before = _latency.load_average()
+        load_before = latency.load_average()
         # Timing starts once the cores work in parallel again (after loading, or a previous step's burst).
-        parallel = _machine.settle(threads, ctx.target.device, ctx.log)
+        parallel = machine.settle(threads, ctx.target.device, ctx.log)
         ctx.log(f"timing {len(runners)} model(s): batch {cfg.batch_size}, {cfg.sequence_length} tokens, {threads} thread(s), {cfg.warmup} warmup + {cfg.repeats} runs each in {cfg.blocks} interleaved blocks")
         with ctx.progress(total, "latency") as bar:
-            timings = _latency.time_interleaved(runners, warmup=cfg.warmup, repeats=cfg.repeats, blocks=cfg.blocks, seed=SHUFFLE_SEED, progress=bar)
-        load = max(load_before, _latency.load_average())
+            timings = latency.time_interleaved(runners, warmup=cfg.warmup, repeats=cfg.repeats, blocks=cfg.blocks, seed=SHUFFLE_SEED, progress=bar)
+        load = max(load_before, latency.load_average())
         if load > (os.cpu_count() or 1):
             # Oversubscribed cores hurt PyTorch's OpenMP threads far more than ONNX Runtime's pool.
             ctx.log(f"the machine was busy while timing (load average {load:.1f} on {os.cpu_count()} cores): latencies and speedups are unreliable; rerun on a quiet machine")
         for name, samples in timings.samples_ms.items():
-            results[name].update(_latency.summarize(samples, cfg.batch_size))
+            results[name].update(latency.summarize(samples, cfg.batch_size))
             results[name]["load_average"] = round(load, 2)
             results[name].update(parallel)
             results[name]["latency_provider"] = classifiers[name].provider  # what the timed session really ran on

@@ -14,6 +14,8 @@ from typing import Any
 
 from passes.base import PassError
 
+#: A model folder's configuration, as transformers' `save_pretrained` writes it.
+CONFIG_FILE = "config.json"
 #: Files a tokenizer may consist of (besides its JSON files), at the top of a model folder.
 TOKENIZER_SUFFIXES = (".txt", ".model", ".tiktoken", ".jinja", ".spm")
 #: Weight formats of other frameworks or runtimes: never part of a PyTorch `hf_model` artifact.
@@ -67,8 +69,8 @@ def model_files(folder: Path, trust_remote_code: bool = False) -> list[Path]:
             f"{folder} has no PyTorch weights (model.safetensors or pytorch_model.bin); it holds: {found}. "
             "Point `path` at a Hugging Face model folder (for a GGUF file set `gguf_file`)."
         )
-    if not (folder / "config.json").is_file():
-        raise PassError(f"{folder} has no config.json: point `path` at a folder written by save_pretrained")
+    if not (folder / CONFIG_FILE).is_file():
+        raise PassError(f"{folder} has no {CONFIG_FILE}: point `path` at a folder written by save_pretrained")
     return chosen
 
 
@@ -127,11 +129,24 @@ def weights_info(folder: Path) -> tuple[int | None, str | None]:
 
 
 def read_config(folder: Path) -> dict[str, Any]:
-    """The folder's config.json as a dict."""
+    """A model folder's `config.json` as a dict; `{}` when the folder has none.
+
+    The one reader of config.json for every pass. A missing file is not an error here: ONNX folders may
+    come without one and their readers fall back (no fusions, the graph's own inputs), and a folder
+    that must hold one (a `save_pretrained` folder) is checked where it is taken in (`model_files`).
+    A file that exists but cannot be read or parsed is a PassError naming it: falling back silently
+    would change what a pass does without a word.
+    """
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        return {}
     try:
-        return json.loads((folder / "config.json").read_text())
+        config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise PassError(f"cannot read {folder / 'config.json'}: {exc}") from exc
+        raise PassError(f"cannot read {path}: {exc}; fix the file or write it again with save_pretrained") from exc
+    if not isinstance(config, dict):
+        raise PassError(f"{path} holds a {type(config).__name__}, not a JSON object; write it again with save_pretrained")
+    return config
 
 
 def infer_task(config: dict[str, Any]) -> str:

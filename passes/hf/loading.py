@@ -73,16 +73,18 @@ def quiet_datasets() -> Iterator[None]:
             ds_logging.enable_progress_bar()
 
 
-def load_tokenizer(folder: Path, causal: bool = False) -> Any:
-    """The tokenizer saved in a model folder (fast when available).
+def load_tokenizer(folder: Path, causal: bool = False, **kwargs: Any) -> Any:
+    """The tokenizer saved in a model folder (fast when available): how every pass loads one.
 
     For a causal LM without a pad token, the EOS token pads (batches need one; the padded positions are
-    masked out of attention and loss, so which token it is does not matter).
+    masked out of attention and loss, so which token it is does not matter). `kwargs` go to
+    `AutoTokenizer.from_pretrained` (e.g. `gguf_file`). A folder without a usable tokenizer is a PassError
+    naming it.
     """
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), **kwargs)
     except (OSError, ValueError) as exc:
         raise PassError(f"cannot load a tokenizer from {folder}: {exc}. The model folder needs its tokenizer files") from exc
     if causal and tokenizer.pad_token is None:

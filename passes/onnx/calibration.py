@@ -15,7 +15,9 @@ from typing import Any
 
 from schemas.steps import QuantizeConfig, QuantPlan
 
-from passes.ort import files as ou
+from passes.hf.loading import load_tokenizer
+from passes.ort import files
+from passes.ort.sessions import encode
 from passes.base import Artifact, PassError, Progress, StepContext
 
 #: What static_int8 quantizes unless `op_types` says otherwise: the weight-bearing ops of a transformer.
@@ -100,12 +102,12 @@ def calibration_texts(data: Artifact, split: str, n: int) -> list[Any]:
 def calibration_feeds(tokenizer: Any, inputs: list[tuple[str, str]], texts: list[Any], fixed_length: bool) -> list[dict[str, Any]]:
     """Model inputs for calibration: one unpadded text per feed, or fixed-length padded batches."""
     limit = _max_length(tokenizer)
-    single = [ou.encode(tokenizer, inputs, [t], padding=False, max_length=limit) for t in texts]
+    single = [encode(tokenizer, inputs, [t], padding=False, max_length=limit) for t in texts]
     if not fixed_length:
         return single
     length = max(feed["input_ids"].shape[1] for feed in single)
     return [
-        ou.encode(tokenizer, inputs, texts[i:i + FIXED_LENGTH_BATCH], padding="max_length", max_length=length)
+        encode(tokenizer, inputs, texts[i:i + FIXED_LENGTH_BATCH], padding="max_length", max_length=length)
         for i in range(0, len(texts), FIXED_LENGTH_BATCH)
     ]
 
@@ -126,12 +128,10 @@ def static_int8(cfg: QuantizeConfig, plan: QuantPlan, src: Path, dst: Path, excl
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize, quantize_static
-    from transformers import AutoTokenizer
-
     texts = calibration_texts(data, cfg.split, cfg.calibration_samples)
-    tokenizer = AutoTokenizer.from_pretrained(src.parent)
+    tokenizer = load_tokenizer(src.parent)
     fixed = cfg.calibration in ("entropy", "percentile")
-    feeds = calibration_feeds(tokenizer, ou.graph_inputs(src), texts, fixed)
+    feeds = calibration_feeds(tokenizer, files.graph_inputs(src), texts, fixed)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[cfg.calibration]
     activation = QuantType.QUInt16 if plan.activation_type == "uint16" else QuantType.QUInt8
@@ -141,7 +141,7 @@ def static_int8(cfg: QuantizeConfig, plan: QuantPlan, src: Path, dst: Path, excl
     elif plan.profile == "cpu":
         op_types = list(DEFAULT_STATIC_OP_TYPES)
     else:  # every op type of the graph, as onnxruntime's QNN config does: the quantizer wraps their float tensors
-        op_types = sorted(set(ou.op_counts(src)) - NOT_QUANTIZED_OP_TYPES)
+        op_types = sorted(set(files.op_counts(src)) - NOT_QUANTIZED_OP_TYPES)
     ctx.log(f"calibrating ({cfg.calibration}) on {len(texts)} texts of {data.step!r}/{cfg.split}"
             + (f", padded to {next(iter(feeds[0].values())).shape[1]} tokens" if fixed else ""))
     extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}

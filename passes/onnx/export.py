@@ -1,6 +1,6 @@
 """`export_onnx`: a Hugging Face encoder or classifier to ONNX, checked against PyTorch.
 
-Causal LMs go to `_export_lm` (the onnxruntime-genai model builder by default, or optimum).
+Causal LMs go to `passes.onnx.export_lm` (the onnxruntime-genai model builder by default, or optimum).
 
 The export is `torch.onnx.export` with the TorchScript exporter (opsets up to 20; the dynamo exporter
 takes higher opsets) and eager attention, batch and sequence axes dynamic. Measured on MiniLM-L6
@@ -26,7 +26,10 @@ from typing import Any
 
 from schemas.steps import ExportOnnxConfig
 
-from passes.ort import files as ou
+from passes.hf.loading import load_tokenizer
+from passes.ort import files
+from passes.ort.checks import sample_sentences
+from passes.ort.sessions import make_cpu_session
 from passes.base import Artifact, Pass, PassError, StepContext
 from passes.registry import register_pass
 
@@ -36,28 +39,6 @@ TASK_OUTPUTS = {"text-classification": "logits", "feature-extraction": "last_hid
 TORCHSCRIPT_MAX_OPSET = 20
 #: Inputs an encoder may take, in the order the graph declares them.
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-#: Plain English the check tokenizes into samples of different lengths (any model's tokenizer knows it).
-SAMPLE_TEXT = (
-    "The meeting moved to Thursday afternoon, so please bring the quarterly numbers and the draft plan. "
-    "Congratulations, you have been selected to receive a free cruise; reply now to claim your prize. "
-    "I think the new version of the app is faster, but the settings page still crashes on my phone. "
-    "Could you pick up some bread and milk on the way home? We are out of both since yesterday morning. "
-    "The committee reviewed forty proposals and funded nine of them, mostly small projects in rural schools."
-)
-
-
-def sample_sentences(n: int, max_words: int = 80) -> list[str]:
-    """`n` sentences of different lengths (3 words up to `max_words`), cut from SAMPLE_TEXT at varying offsets."""
-    words = SAMPLE_TEXT.split()
-    longest = min(max_words, len(words))
-    out = []
-    for i in range(n):
-        length = 3 + (i * 11) % max(1, longest - 2) if n > 1 else 12
-        start = (i * 7) % len(words)
-        out.append(" ".join((words[start:] + words[:start])[:length]))
-    return out
-
-
 def _wrap(model: Any, output: str, input_names: tuple[str, ...]) -> Any:
     """A torch module taking the inputs positionally and returning one named output tensor."""
     import torch
@@ -92,14 +73,14 @@ class ExportOnnx(Pass[ExportOnnxConfig]):
         task = source.meta.get("task")
         exporter = self.config.exporter
         if task == "causal-lm":
-            from passes.onnx import export_lm as _export_lm
+            from passes.onnx import export_lm
 
             if exporter == "torch":
                 raise PassError(f"step {source.step!r} is a causal LM: export it with `exporter: genai` (the "
                                 "onnxruntime-genai builder, the default) or `exporter: optimum`; torch exports encoders")
             if exporter == "optimum":
-                return _export_lm.export_optimum(source, self.config, ctx)
-            return _export_lm.export_genai(source, list(inputs.get("adapters") or []), self.config, ctx)
+                return export_lm.export_optimum(source, self.config, ctx)
+            return export_lm.export_genai(source, list(inputs.get("adapters") or []), self.config, ctx)
         if exporter in ("genai", "optimum") or self.config.adapters:
             raise PassError(f"step {source.step!r} is a {task} model: `exporter: {exporter}` and `adapters` are for "
                             "causal LMs; encoders export with `exporter: torch` (the default)")
@@ -127,7 +108,7 @@ class ExportOnnx(Pass[ExportOnnxConfig]):
                     f"the ONNX model's `{output}` differs from PyTorch's by {max_diff:.3g} (on {worst}), more than "
                     f"atol={self.config.atol:g}; try another `opset`, or raise `atol` if this difference is acceptable"
                 )
-            for file in ou.model_files(scratch):
+            for file in files.model_files(scratch):
                 shutil.move(str(file), str(ctx.out_dir / file.name))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -135,11 +116,11 @@ class ExportOnnx(Pass[ExportOnnxConfig]):
 
         tokenizer.save_pretrained(ctx.out_dir)
         model.config.save_pretrained(ctx.out_dir)
-        ou.write_inference_script(ctx.out_dir)
+        files.write_inference_script(ctx.out_dir)
         if not (ctx.out_dir / "tokenizer.json").exists():
             ctx.log("the tokenizer has no fast version (tokenizer.json): inference.py needs one")
 
-        size = ou.model_size_bytes(ctx.out_dir)
+        size = files.model_size_bytes(ctx.out_dir)
         labels = _labels(model, task)
         return {
             "task": task,
@@ -149,23 +130,20 @@ class ExportOnnx(Pass[ExportOnnxConfig]):
             "opset": self.config.opset,
             "exporter": exporter_for(self.config.opset),
             "max_abs_diff": max_diff,
-            "size_mb": ou.mb(size),
+            "size_mb": files.mb(size),
             "model_type": model.config.model_type,
-            "summary": f"ONNX opset {self.config.opset}, {ou.mb(size):.1f} MB, "
+            "summary": f"ONNX opset {self.config.opset}, {files.mb(size):.1f} MB, "
             f"inputs {', '.join(input_names)}; max |ORT - PyTorch| {max_diff:.2g} on {len(samples)} samples",
-            "metrics": {"max_abs_diff": max_diff, "size_mb": ou.mb(size)},
+            "metrics": {"max_abs_diff": max_diff, "size_mb": files.mb(size)},
         }
 
 
 def _load(folder: Path, task: str, labels: list[str] | None) -> tuple[Any, Any, list[str]]:
     """The PyTorch model (fp32, eval, eager attention), its tokenizer and the weights the folder lacked."""
     import torch
-    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModel, AutoModelForSequenceClassification
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-    except (OSError, ValueError) as exc:
-        raise PassError(f"cannot load a tokenizer from {folder}: {exc}; the model folder needs its tokenizer files") from exc
+    tokenizer = load_tokenizer(folder)
     cls = AutoModelForSequenceClassification if task == "text-classification" else AutoModel
     torch.manual_seed(0)  # weights the folder lacks (a new head) are then the same on every run
     # Eager attention exports to plain MatMul/Softmax (no runtime Sqrt for the scale), which onnxruntime
@@ -234,13 +212,13 @@ def _export(model: Any, tokenizer: Any, input_names: tuple[str, ...], output: st
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer and deprecation chatter; the comparison is what counts
             program = torch.onnx.export(
-                wrapper, tuple(example[n] for n in input_names), None if dynamo else str(raw / ou.MODEL_FILE),
+                wrapper, tuple(example[n] for n in input_names), None if dynamo else str(raw / files.MODEL_FILE),
                 input_names=list(input_names), output_names=[output], dynamic_axes=axes,
                 opset_version=opset, dynamo=dynamo,
             )
             if dynamo:
-                program.save(str(raw / ou.MODEL_FILE))
-        path = ou.save_model(onnx.load(str(raw / ou.MODEL_FILE)), out_dir)
+                program.save(str(raw / files.MODEL_FILE))
+        path = files.save_model(onnx.load(str(raw / files.MODEL_FILE)), out_dir)
     except Exception as exc:  # the exporters raise many types; the user needs the reason and a way out
         raise PassError(
             f"torch.onnx.export ({'dynamo' if dynamo else 'TorchScript'}) failed with opset {opset}: "
@@ -257,7 +235,7 @@ def _compare(model: Any, tokenizer: Any, input_names: tuple[str, ...], output: s
     import numpy as np
     import torch
 
-    session = ou.make_cpu_session(onnx_path)
+    session = make_cpu_session(onnx_path)
     max_length = _max_length(model, tokenizer)
     batches = [[s] for s in samples] + ([samples] if len(samples) > 1 else [])
     worst, where = 0.0, "no sample"

@@ -1,10 +1,10 @@
 """`export_onnx` for causal LMs: the onnxruntime-genai model builder, or optimum's exporter.
 
-- `export_genai`: the builder (`_genai.build_genai`) writes a folder `onnxruntime_genai.Model` loads
+- `export_genai`: the builder (`genai_build.build_genai`) writes a folder `onnxruntime_genai.Model` loads
   (`genai_config.json`, `model.onnx`, tokenizer files) for the precision and execution provider asked
   (defaults from the workflow target), plus `inference.py`, a chat loop that needs onnxruntime-genai
   alone. With `adapters`, the base is built once with LoRA inputs and each adapter becomes
-  `<step>.onnx_adapter`. The result is checked by generating from it (`_genai_run.smoke_test`).
+  `<step>.onnx_adapter`. The result is checked by generating from it (`genai_run.smoke_test`).
 - `export_optimum`: optimum's `main_export` with `text-generation-with-past` (a decoder with KV cache
   for plain onnxruntime, e.g. optimum's ORTModelForCausalLM), checked against PyTorch's logits.
 """
@@ -19,7 +19,9 @@ from schemas.steps import ExportOnnxConfig
 from schemas.steps.onnx import GENAI_PROVIDER_FOR_DEVICE
 from schemas.workflow import Target
 
-from passes.ort import files as ou
+from passes.hf.loading import load_tokenizer
+from passes.ort import files
+from passes.ort.sessions import cpu_cores
 from passes.base import Artifact, PassError, StepContext
 
 #: Prompts the exports are checked on (any causal LM's tokenizer knows English).
@@ -41,11 +43,11 @@ def genai_choices(cfg: ExportOnnxConfig, target: Target, log: Any) -> tuple[str,
 
 def export_genai(source: Artifact, adapters: list[Artifact], cfg: ExportOnnxConfig, ctx: StepContext) -> dict[str, Any]:
     """Build a genai folder into ctx.out_dir; return the artifact meta."""
-    from passes.ort import genai_build as _genai
-    from passes.ort import genai_run as _genai_run
+    from passes.ort import genai_adapters, genai_build
+    from passes.ort import genai_run
 
     precision, provider = genai_choices(cfg, ctx.target, ctx.log)
-    threads = ctx.target.threads or ou.cpu_cores()
+    threads = ctx.target.threads or cpu_cores()
     for adapter in adapters:
         _check_adapter(adapter, source)
     if cfg.builder_defaults:
@@ -53,20 +55,20 @@ def export_genai(source: Artifact, adapters: list[Artifact], cfg: ExportOnnxConf
             raise PassError("`builder_defaults: true` runs the builder with its own settings: remove `genai_options` "
                             "and `adapters`, or set builder_defaults to false")
         ctx.log("builder defaults: no tuned int4 options and no thread setting (what Olive's ModelBuilder pass writes)")
-        facts = _genai.build_genai(Path(source.path), ctx.out_dir, precision, provider, {}, None, ctx.log, tuned=False)
+        facts = genai_build.build_genai(Path(source.path), ctx.out_dir, precision, provider, {}, None, ctx.log, tuned=False)
     elif adapters:
-        facts = _genai.export_adapters(
+        facts = genai_adapters.export_adapters(
             Path(source.path), {a.step: Path(a.path) for a in adapters}, ctx.out_dir,
             precision=precision, execution_provider=provider, options=dict(cfg.genai_options),
             threads=threads, log=ctx.log,
         )
     else:
-        facts = _genai.build_genai(Path(source.path), ctx.out_dir, precision, provider, dict(cfg.genai_options),
+        facts = genai_build.build_genai(Path(source.path), ctx.out_dir, precision, provider, dict(cfg.genai_options),
                                    threads, ctx.log)
-    shutil.copy(Path(__file__).parent.parent / "templates" / CHAT_SCRIPT, ctx.out_dir / ou.INFERENCE_SCRIPT)
-    check = _genai_run.smoke_test(ctx.out_dir, CHECK_PROMPTS[0], adapter=adapters[0].step if adapters else None)
+    shutil.copy(Path(__file__).parent.parent / "templates" / CHAT_SCRIPT, ctx.out_dir / files.INFERENCE_SCRIPT)
+    check = genai_run.smoke_test(ctx.out_dir, CHECK_PROMPTS[0], adapter=adapters[0].step if adapters else None)
     ctx.log(f"check: onnxruntime-genai loads the folder and answers {CHECK_PROMPTS[0]!r} with {check!r}")
-    size = ou.model_size_bytes(ctx.out_dir)
+    size = files.model_size_bytes(ctx.out_dir)
     names = [a.step for a in adapters]
     return {
         "task": "causal-lm",
@@ -78,11 +80,11 @@ def export_genai(source: Artifact, adapters: list[Artifact], cfg: ExportOnnxConf
         "model_type": source.meta.get("model_type"),
         "adapters": names,
         "builder": facts,
-        "size_mb": ou.mb(size),
+        "size_mb": files.mb(size),
         "check_answer": check,
-        "summary": f"onnxruntime-genai {precision} for {provider}, {ou.mb(size):.1f} MB"
+        "summary": f"onnxruntime-genai {precision} for {provider}, {files.mb(size):.1f} MB"
         + (f", adapters {', '.join(names)}" if names else ""),
-        "metrics": {"size_mb": ou.mb(size)},
+        "metrics": {"size_mb": files.mb(size)},
     }
 
 
@@ -119,7 +121,7 @@ def export_optimum(source: Artifact, cfg: ExportOnnxConfig, ctx: StepContext) ->
     if not diff <= cfg.atol:
         raise PassError(f"the ONNX model's logits differ from PyTorch's by {diff:.3g}, more than atol={cfg.atol:g}; "
                         "try another `opset`, or raise `atol` if this difference is acceptable")
-    size = ou.model_size_bytes(ctx.out_dir)
+    size = files.model_size_bytes(ctx.out_dir)
     return {
         "task": "causal-lm",
         "labels": None,
@@ -128,10 +130,10 @@ def export_optimum(source: Artifact, cfg: ExportOnnxConfig, ctx: StepContext) ->
         "opset": cfg.opset,
         "model_type": source.meta.get("model_type"),
         "max_abs_diff": diff,
-        "size_mb": ou.mb(size),
-        "summary": f"ONNX (optimum, with KV cache) opset {cfg.opset}, {ou.mb(size):.1f} MB; "
+        "size_mb": files.mb(size),
+        "summary": f"ONNX (optimum, with KV cache) opset {cfg.opset}, {files.mb(size):.1f} MB; "
         f"max |ORT - PyTorch| logits {diff:.2g}",
-        "metrics": {"max_abs_diff": diff, "size_mb": ou.mb(size)},
+        "metrics": {"max_abs_diff": diff, "size_mb": files.mb(size)},
     }
 
 
@@ -139,9 +141,9 @@ def _compare_optimum(source: Path, exported: Path) -> float:
     """Largest |logits| difference between PyTorch and optimum's ORTModelForCausalLM on CHECK_PROMPTS."""
     import torch
     from optimum.onnxruntime import ORTModelForCausalLM
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(source)
+    tok = load_tokenizer(source)
     reference = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
     ort_model = ORTModelForCausalLM.from_pretrained(exported, use_cache=True, provider="CPUExecutionProvider")
     worst = 0.0

@@ -19,7 +19,6 @@ Measured on the quickstart's MiniLM (2 threads, batch 1, 64 tokens): see benchma
 from __future__ import annotations
 
 import difflib
-import json
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,11 +26,13 @@ from typing import Any
 
 from schemas.steps import OptimizeOnnxConfig
 
-from passes.ort import files as ou
-from passes.ort import fusion as _ort_fusion
-from passes.ort import providers as _providers
+from passes.ort import files
+from passes.ort import fusion
+from passes.ort import providers
+from passes.ort.checks import compare_outputs
+from passes.ort.sessions import target_session
 from passes.base import Artifact, Pass, PassError, StepContext
-from passes.onnx.quantize import compare_outputs
+from passes.hf.folders import read_config
 from passes.registry import register_pass
 
 
@@ -51,11 +52,11 @@ class OptimizeOnnx(Pass[OptimizeOnnxConfig]):
     def run(self, inputs: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
         cfg = self.config
         source: Artifact = inputs["model"]
-        src_model = source.path / ou.MODEL_FILE
+        src_model = source.path / files.MODEL_FILE
         if not src_model.exists():
-            raise PassError(f"step {source.step!r} has no {ou.MODEL_FILE} in {source.path}; optimize_onnx takes an export_onnx step")
+            raise PassError(f"step {source.step!r} has no {files.MODEL_FILE} in {source.path}; optimize_onnx takes an export_onnx step")
         target = ctx.target
-        config = _read_config(source.path)
+        config = read_config(source.path)
         model_type = self._model_type(config, ctx)
         skip_layer_norm = cfg.skip_layer_norm if cfg.skip_layer_norm is not None else target.device != "cpu"
         fp16 = cfg.fp16 if cfg.fp16 is not None else target.device == "gpu"
@@ -67,7 +68,7 @@ class OptimizeOnnx(Pass[OptimizeOnnxConfig]):
         choices = {"model_type": model_type, "skip_layer_norm": skip_layer_norm, "fp16": fp16, "level": cfg.level,
                    "reason": f"{target.device} target: {', '.join(decided) or 'as set in the step'}"}
         ctx.log(f"optimizing: fusions {model_type or 'none'}, level {cfg.level}, {'fp16' if fp16 else 'fp32'} ({choices['reason']})")
-        nodes_before = sum(ou.op_counts(src_model).values())
+        nodes_before = sum(files.op_counts(src_model).values())
         scratch = ctx.out_dir / ".stages"
         scratch.mkdir()
         try:
@@ -83,27 +84,27 @@ class OptimizeOnnx(Pass[OptimizeOnnxConfig]):
                 _place(graph, ctx.out_dir, move=graph != src_model)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        ou.copy_companions(source.path, ctx.out_dir)
+        files.copy_companions(source.path, ctx.out_dir)
 
-        dst_model = ctx.out_dir / ou.MODEL_FILE
-        check = compare_outputs(source.path, src_model, dst_model, source.meta.get("outputs"))
+        dst_model = ctx.out_dir / files.MODEL_FILE
+        check = compare_outputs(source.path, src_model, dst_model, source.meta.get("outputs"), "the optimized model")
         if not fp16 and not check["max_abs_diff"] <= cfg.atol:
             raise PassError(f"the optimized graph's outputs differ from the input's by {check['max_abs_diff']:.3g} "
                             f"(atol {cfg.atol}): try `level: basic`, or turn fusions off one by one with `fusion_options`")
-        nodes_after = sum(ou.op_counts(dst_model).values())
-        size = ou.model_size_bytes(ctx.out_dir)
+        nodes_after = sum(files.op_counts(dst_model).values())
+        size = files.model_size_bytes(ctx.out_dir)
         fused_text = ", ".join(f"{n} {op}" for op, n in fused.items()) or "no fusions"
         agree = f", same label on {check['same_label']} samples" if check["same_label"] else ""
         return {
             "task": source.meta.get("task"), "labels": source.meta.get("labels"), "inputs": source.meta.get("inputs"),
             "outputs": source.meta.get("outputs"), "opset": source.meta.get("opset"),
             "model_type": model_type, "fused": fused, "nodes_before": nodes_before, "nodes_after": nodes_after,
-            "level": cfg.level, "fp16": fp16, "size_mb": ou.mb(size), "max_abs_diff_vs_input": check["max_abs_diff"],
+            "level": cfg.level, "fp16": fp16, "size_mb": files.mb(size), "max_abs_diff_vs_input": check["max_abs_diff"],
             "same_label_vs_input": check["same_label"], "choices": choices,
             "execution": execution or check["execution"],
             "summary": f"{fused_text}; {nodes_before} -> {nodes_after} nodes (level {cfg.level}"
-            f"{', fp16' if fp16 else ''}); {ou.mb(size):.1f} MB; max |diff| vs input {check['max_abs_diff']:.3g}{agree}",
-            "metrics": {"size_mb": ou.mb(size), "nodes": nodes_after, "max_abs_diff_vs_input": check["max_abs_diff"]},
+            f"{', fp16' if fp16 else ''}); {files.mb(size):.1f} MB; max |diff| vs input {check['max_abs_diff']:.3g}{agree}",
+            "metrics": {"size_mb": files.mb(size), "nodes": nodes_after, "max_abs_diff_vs_input": check["max_abs_diff"]},
         }
 
     def _model_type(self, config: dict, ctx: StepContext) -> str | None:
@@ -119,7 +120,7 @@ class OptimizeOnnx(Pass[OptimizeOnnxConfig]):
                 raise PassError(f"model_type {chosen!r} is not one the transformer optimizer knows "
                                 f"({', '.join(sorted(MODEL_TYPES))})" + (f"; did you mean {close[0]!r}?" if close else ""))
             return chosen
-        found = _ort_fusion.optimizer_model_type(SimpleNamespace(**config))
+        found = fusion.optimizer_model_type(SimpleNamespace(**config))
         if found is None:
             ctx.log(f"no transformer fusions for model type {config.get('model_type')!r}: graph optimization only "
                     "(set `model_type` to one the optimizer knows to force them)")
@@ -129,16 +130,16 @@ class OptimizeOnnx(Pass[OptimizeOnnxConfig]):
               ctx: StepContext) -> tuple[Path, dict[str, int]]:
         cfg = self.config
         try:
-            options = _ort_fusion.fusion_options(model_type, skip_layer_norm, cfg.fusion_options)
+            options = fusion.fusion_options(model_type, skip_layer_norm, cfg.fusion_options)
         except ValueError as exc:
             raise PassError(f"fusion_options: {exc}") from None
         settings = dict(config)
         settings.update({k: v for k, v in (("num_attention_heads", cfg.num_heads), ("hidden_size", cfg.hidden_size)) if v})
-        fused = _ort_fusion.fuse(src, model_type, SimpleNamespace(**settings), options, use_gpu=use_gpu)
-        stats = _ort_fusion.fused_counts(fused)
+        fused = fusion.fuse(src, model_type, SimpleNamespace(**settings), options, use_gpu=use_gpu)
+        stats = fusion.fused_counts(fused)
         if not stats:
             ctx.log(f"the transformer optimizer ({model_type}) fused nothing in this graph")
-        return _ort_fusion.save_fused(fused, out), stats
+        return fusion.save_fused(fused, out), stats
 
     def _graph_optimize(self, src: Path, skip_layer_norm: bool, out: Path, ctx: StepContext) -> tuple[Path, dict]:
         """onnxruntime's offline optimization at `level`; basic on the CPU (provider-independent), higher on the target's."""
@@ -146,29 +147,22 @@ class OptimizeOnnx(Pass[OptimizeOnnxConfig]):
 
         level = self.config.level
         target = ctx.target if level != "basic" else Target(threads=ctx.target.threads)
-        choice = _providers.choose(target, ctx.workflow_dir, ctx.log)
+        choice = providers.choose(target, ctx.workflow_dir, ctx.log)
         out.mkdir(parents=True)
-        dst = out / ou.MODEL_FILE
+        dst = out / files.MODEL_FILE
         disabled = None if not skip_layer_norm else []  # None: the CPU default (SkipLayerNormFusion off)
-        session = _providers.target_session(src, target, choice, level=level, optimized_model_path=dst,
-                                            disabled_optimizers=disabled)
-        return dst, _providers.session_record(session, choice)
+        session = target_session(src, target, choice, level=level, optimized_model_path=dst,
+                                 disabled_optimizers=disabled)
+        return dst, providers.session_record(session, choice)
 
     def _to_fp16(self, src: Path, out_dir: Path) -> None:
         import onnx
 
         proto = onnx.load(str(src))
-        ou.save_model(ou.to_fp16(proto, self.config.fp16_op_block_list, external=ou.has_external_data(src.parent)), out_dir)
+        files.save_model(files.to_fp16(proto, self.config.fp16_op_block_list, external=files.has_external_data(src.parent)), out_dir)
 
 
 def _place(graph: Path, out_dir: Path, move: bool) -> None:
     """Move the final stage's model (and its external data) into the output folder; copy the input's."""
-    for f in ou.model_files(graph.parent):
+    for f in files.model_files(graph.parent):
         (shutil.move if move else shutil.copy2)(str(f), out_dir / f.name)
-
-
-def _read_config(folder: Path) -> dict:
-    try:
-        return json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}

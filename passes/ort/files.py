@@ -1,14 +1,13 @@
-"""Helpers shared by the ONNX passes: the artifact folder layout, sizes, op counts and CPU sessions.
+"""ONNX model files shared by the ONNX passes: the artifact folder layout, sizes, op counts, saving.
 
 An `onnx_model` artifact folder holds `model.onnx` (+ `model.onnx.data` when the model is larger than
-protobuf's 2 GB limit), the tokenizer files, `config.json` and `inference.py`. Heavy imports (onnx,
-onnxruntime) happen inside the functions.
+protobuf's 2 GB limit), the tokenizer files, `config.json` and `inference.py`. Sessions on these files
+are built in `passes.ort.sessions`. Heavy imports (onnx, onnxruntime) happen inside the functions.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from collections import Counter
 from collections.abc import Iterator
@@ -16,79 +15,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from passes.base import PassError
+from passes.hf.folders import read_config
 
 MODEL_FILE = "model.onnx"
 EXTERNAL_DATA_FILE = "model.onnx.data"
 INFERENCE_SCRIPT = "inference.py"
 #: Protobuf cannot serialize a message over 2 GB: larger models keep their weights in external data.
 PROTOBUF_LIMIT = 2**31 - 1
-#: SkipLayerNormalization is slow in this onnxruntime on x86 CPUs (PERFORMANCE-NOTES.md): keep it unfused.
-CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 #: Operator types that quantized graphs are made of (what `quantize` counts in its summary).
 QUANT_OP_TYPES = (
     "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
     "QuantizeLinear", "DequantizeLinear", "QLinearMatMul", "QLinearConv", "QAttention", "QGemm",
     "QEmbedLayerNormalization", "MatMulNBits", "GatherBlockQuantized",
 )
-
-
-def cpu_cores() -> int:
-    """The CPU cores this process may run on (the affinity mask, not the machine's total)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-#: `level` names of `make_session`, as onnxruntime's GraphOptimizationLevel members.
-GRAPH_LEVELS = {"none": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
-                "layout": "ORT_ENABLE_LAYOUT", "all": "ORT_ENABLE_ALL"}
-
-
-def make_session(model_path: Path, providers: list[str], threads: int | None = None, *,
-                 provider_options: list[dict[str, str]] | None = None, level: str = "all",
-                 optimized_model_path: Path | None = None, disabled_optimizers: list[str] | None = None) -> Any:
-    """An onnxruntime session on `providers` (in order) with `threads` intra-op threads (default: the cores).
-
-    Graph optimizations run at `level` except those slower than the unfused ops on the CPU provider
-    (`disabled_optimizers` replaces that list). `optimized_model_path` makes onnxruntime write the
-    optimized graph there (offline optimization). Providers that onnxruntime does not have built in are
-    plugin EPs (see passes/_providers.py): the session then takes every provider through its devices.
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or cpu_cores()
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_LEVELS[level])
-    options.log_severity_level = 3  # errors only: the passes report what matters themselves
-    if optimized_model_path is not None:
-        options.optimized_model_filepath = str(optimized_model_path)
-        if has_external_data(Path(model_path).parent):
-            options.add_session_config_entry("session.optimized_model_external_initializers_file_name", EXTERNAL_DATA_FILE)
-            options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-    if disabled_optimizers is None:
-        disabled_optimizers = list(CPU_DISABLED_OPTIMIZERS) if providers[0] == "CPUExecutionProvider" else []
-    provider_options = provider_options or [{} for _ in providers]
-    built_in = set(ort.get_available_providers())
-    if all(p in built_in for p in providers):
-        return ort.InferenceSession(str(model_path), options, providers=providers, provider_options=provider_options,
-                                    disabled_optimizers=disabled_optimizers or None)
-    devices: dict[str, list[Any]] = {}
-    for device in ort.get_ep_devices():
-        devices.setdefault(device.ep_name, []).append(device)
-    for name, opts in zip(providers, provider_options):
-        if name not in devices:
-            raise PassError(f"execution provider {name} has no device here (onnxruntime offers "
-                            f"{', '.join(sorted(devices))}); is its plugin library registered?")
-        options.add_provider_for_devices(devices[name], opts)
-    return ort.InferenceSession(str(model_path), options, disabled_optimizers=disabled_optimizers or None)
-
-
-def make_cpu_session(model_path: Path, threads: int | None = None) -> Any:
-    """`make_session` on the CPU provider."""
-    return make_session(model_path, ["CPUExecutionProvider"], threads)
 
 
 def to_fp16(proto: Any, op_block_list: list[str] | tuple[str, ...] = (), node_block_list: list[str] | None = None,
@@ -223,11 +162,6 @@ def write_inference_script(dst: Path) -> Path:
     return target
 
 
-def session_inputs(session: Any) -> list[tuple[str, str]]:
-    """(name, ONNX type string such as `tensor(int64)`) of a session's inputs."""
-    return [(node.name, node.type) for node in session.get_inputs()]
-
-
 def graph_inputs(model_path: Path) -> list[tuple[str, str]]:
     """(name, ONNX type string) of a model file's inputs, read without its weights."""
     import onnx
@@ -238,59 +172,6 @@ def graph_inputs(model_path: Path) -> list[tuple[str, str]]:
         (i.name, f"tensor({onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name})")
         for i in graph.input if i.name not in initializers
     ]
-
-
-def encode(tokenizer: Any, inputs: list[tuple[str, str]], texts: list[Any], padding: bool | str = True,
-           max_length: int | None = None) -> dict[str, Any]:
-    """Tokenize texts (strings or (text, pair) tuples) into the model's `inputs`, each in its integer type."""
-    import numpy as np
-
-    pairs = [t if isinstance(t, tuple) else (t, None) for t in texts]
-    firsts, seconds = [a for a, _ in pairs], [b for _, b in pairs]
-    kwargs: dict[str, Any] = {"truncation": True, "padding": padding, "return_tensors": "np"}
-    if max_length:
-        kwargs["max_length"] = max_length
-    enc = tokenizer(firsts, seconds if any(s is not None for s in seconds) else None, **kwargs)
-    feed = {}
-    for name, onnx_type in inputs:
-        values = enc.get(name)
-        if values is None and name == "token_type_ids":
-            values = np.zeros_like(enc["input_ids"])
-        if values is None:
-            raise PassError(f"the model takes an input its tokenizer does not produce: {name}")
-        feed[name] = values.astype(np.int32 if onnx_type == "tensor(int32)" else np.int64)
-    return feed
-
-
-def decoder_feed(session: Any, input_ids: list[int]) -> dict[str, Any] | None:
-    """Inputs for one prefill of a decoder graph (empty KV cache), or None when the graph has no KV cache.
-
-    Decoder exports (optimum, the genai builder) take `past_key_values.*` inputs shaped
-    (batch, kv heads, past length, head size) with symbolic batch and length: here 1 and 0.
-    """
-    import numpy as np
-
-    inputs = session.get_inputs()
-    if not any(i.name.startswith(_CACHE_INPUT_PREFIXES) for i in inputs):
-        return None
-    n = len(input_ids)
-    types = {"tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(float)": np.float32,
-             "tensor(float16)": np.float16}
-    feed = {}
-    for i in inputs:
-        dtype = types.get(i.type, np.float32)
-        if i.name == "input_ids":
-            feed[i.name] = np.array([input_ids], dtype=dtype)
-        elif i.name == "attention_mask":
-            feed[i.name] = np.ones((1, n), dtype=dtype)
-        elif i.name == "position_ids":
-            feed[i.name] = np.arange(n, dtype=dtype)[None, :]
-        elif i.name.startswith(_CACHE_INPUT_PREFIXES):
-            shape = [d if isinstance(d, int) else (1 if k == 0 else 0) for k, d in enumerate(i.shape)]
-            feed[i.name] = np.zeros(shape, dtype=dtype)
-        else:
-            raise PassError(f"the decoder graph takes an input this check cannot fill: {i.name}")
-    return feed
 
 
 #: Root-logger notes of the static quantizer about a transformer graph that change nothing a user can act on:
@@ -359,7 +240,7 @@ def mb(n_bytes: int) -> float:
 
 #: Input-name prefixes of a decoder graph's KV cache (optimum: past_key_values.N.key; genai: past_key_values.N.key too;
 #: older exports: past.N).
-_CACHE_INPUT_PREFIXES = ("past_key_values", "past.", "past_key", "cache.")
+CACHE_INPUT_PREFIXES = ("past_key_values", "past.", "past_key", "cache.")
 
 
 def model_family(folder: Path, meta: dict | None = None) -> str:
@@ -368,19 +249,13 @@ def model_family(folder: Path, meta: dict | None = None) -> str:
     A causal LM is recognised by the step's task, a `genai_config.json`, a `...ForCausalLM`/`LMHeadModel`
     architecture in config.json, or KV-cache inputs in the graph; everything else is an encoder.
     """
-    import json
-
     if (meta or {}).get("task") in ("causal-lm", "text-generation"):
         return "causal_lm"
     if (folder / "genai_config.json").is_file():
         return "causal_lm"
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        config = {}
-    if any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in config.get("architectures") or []):
+    if any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in read_config(folder).get("architectures") or []):
         return "causal_lm"
     model = folder / MODEL_FILE
-    if model.is_file() and any(name.startswith(_CACHE_INPUT_PREFIXES) for name, _ in graph_inputs(model)):
+    if model.is_file() and any(name.startswith(CACHE_INPUT_PREFIXES) for name, _ in graph_inputs(model)):
         return "causal_lm"
     return "encoder"

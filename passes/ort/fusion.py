@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
-from passes.ort import files as ou
+from passes.ort import files
 
 #: Model types whose graphs the optimizer's BERT fusions recognise.
 BERT_FAMILY = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert", "ernie"})
@@ -70,7 +70,7 @@ def fuse(src: Path, model_type: str, config: Any, options: Any, use_gpu: bool = 
                                optimization_options=options, opt_level=0, use_gpu=use_gpu)
     finally:
         optimizer_log.setLevel(level)
-    ou.name_unnamed_nodes(fused.model)
+    files.name_unnamed_nodes(fused.model)
     return fused
 
 
@@ -83,8 +83,8 @@ def save_fused(fused: Any, dst_dir: Path) -> Path:
     """Write an optimizer OnnxModel as `dst_dir/model.onnx` (external data past 2 GB)."""
     dst_dir.mkdir(parents=True, exist_ok=True)
     # The optimizer's own save adds the com.microsoft opset import its fused operators need.
-    fused.save_model_to_file(str(dst_dir / ou.MODEL_FILE), use_external_data_format=fused.model.ByteSize() > ou.PROTOBUF_LIMIT)
-    return dst_dir / ou.MODEL_FILE
+    fused.save_model_to_file(str(dst_dir / files.MODEL_FILE), use_external_data_format=fused.model.ByteSize() > files.PROTOBUF_LIMIT)
+    return dst_dir / files.MODEL_FILE
 
 
 def fuse_encoder(src: Path, dst_dir: Path, config: Any, log: Callable[[str], None]) -> dict[str, int] | None:

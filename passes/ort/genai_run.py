@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from passes.hf.chat import encode_prompt
-from passes.ort.genai_build import ADAPTERS_FILE
+from passes.hf.loading import load_tokenizer
+from passes.ort.genai_adapters import ADAPTERS_FILE
 from passes.base import PassError
 
 
@@ -63,9 +64,7 @@ class GenaiSession:
         if self._tokenizer is None:
             if self.folder is None:
                 raise PassError("a GenaiSession made from an og.Model has no tokenizer folder")
-            from transformers import AutoTokenizer
-
-            self._tokenizer = AutoTokenizer.from_pretrained(self.folder)
+            self._tokenizer = load_tokenizer(self.folder)
         return self._tokenizer
 
     def generator(self, max_length: int, *, exact: bool = False, adapter: str | None = None) -> Any:

@@ -86,12 +86,19 @@ def available_providers() -> list[str]:
 
 
 def choose(target: Target, workflow_dir: Path | None = None, log: Callable[[str], None] | None = None) -> ProviderChoice:
-    """The providers for `target` on this machine (plugins registered first); a PassError when none fits."""
+    """The providers for `target` on this machine (plugins registered first): how every pass picks them.
+
+    A requested provider that is not available is a PassError naming the package that brings it, unless
+    the target says `fallback: cpu`: then it is dropped with one `log` line, and the CPU is used.
+    """
     register_plugins(target, workflow_dir, log)
     try:
-        return select_providers(target, available_providers())
+        choice = select_providers(target, available_providers())
     except TargetError as exc:
         raise PassError(str(exc)) from None
+    if choice.missing and log:
+        log(f"execution provider(s) {', '.join(choice.missing)} not installed; falling back to {', '.join(choice.providers)}")
+    return choice
 
 
 def session_record(session: Any, choice: ProviderChoice) -> dict[str, Any]:
@@ -110,17 +117,8 @@ def _option_text(value: Any) -> str:
     return ("1" if value else "0") if isinstance(value, bool) else str(value)
 
 
-def target_session(model_path: Path, target: Target, choice: ProviderChoice, threads: int | None = None,
-                   **kwargs: Any) -> Any:
-    """A session on `choice`'s providers with the target's options and threads (see `_onnx_utils.make_session`)."""
-    from passes.ort import files as ou
-
-    return ou.make_session(model_path, list(choice.providers), threads or target.threads,
-                           provider_options=provider_options_for(target, choice.providers), **kwargs)
-
-
 __all__ = ["CPU", "available_providers", "choose", "plugin_devices", "provider_options_for", "register_plugins",
-           "session_record", "target_session"]
+           "session_record"]
 
 
 def describe_machine() -> dict[str, Any]:

@@ -10,16 +10,14 @@ and file give the same splits byte for byte (and so the same cache digest downst
 from __future__ import annotations
 
 import tempfile
-from pathlib import Path
 from typing import Any
 
-from schemas.paths import PathResolutionError, is_package_uri, looks_like_hub_id
+from schemas.paths import PathResolutionError, looks_like_hub_id
 from schemas.steps import LoadDataConfig
 
 from passes.sources.data_files import (
     SPLITS,
     TEXT_COLUMNS,
-    file_format,
     find_files,
     label_key,
     label_space,
@@ -91,7 +89,7 @@ class LoadData(Pass[LoadDataConfig]):
         if balanced:
             meta["balance"] = balanced
         if fmt_name == "instruction":
-            # How the pairs become token sequences, applied by every pass that tokenizes them (see _chat.py).
+            # How the pairs become token sequences, applied by every pass that tokenizes them (see passes/hf/chat.py).
             meta["chat"] = {"chat_template": cfg.chat_template, "system_prompt": cfg.system_prompt}
         return meta
 
@@ -100,10 +98,7 @@ class LoadData(Pass[LoadDataConfig]):
     def _load(self, ctx: StepContext) -> tuple[dict[str, Any], str]:
         """{source split: pandas frame} and the format read."""
         cfg = self.config
-        # `data/train.csv` matches the `org/name` shape too: a data file extension means a local path
-        # (so a typo reads "no such file", not "the hub is not reachable").
-        if (not is_package_uri(cfg.path) and looks_like_hub_id(cfg.path, ctx.workflow_dir)
-                and file_format(Path(cfg.path)) is None):
+        if looks_like_hub_id(cfg.path, ctx.workflow_dir):
             return load_hub(cfg.path, None), "hub"
         try:
             path = ctx.resolve_path(cfg.path)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from schemas.paths import PathResolutionError, is_package_uri, looks_like_hub_id
+from schemas.paths import PathResolutionError, looks_like_hub_id
 from schemas.steps import ModelConfig
 
 from passes.hf.folders import (
@@ -28,7 +28,7 @@ from passes.hf.folders import (
     read_config,
     weights_info,
 )
-from passes.hf.loading import auto_class_for, quiet_transformers
+from passes.hf.loading import auto_class_for, load_tokenizer, quiet_transformers
 from passes.base import Pass, PassError, StepContext
 from passes.registry import register_pass
 
@@ -83,7 +83,7 @@ class Model(Pass[ModelConfig]):
         """(folder, GGUF file name or None, a description of the source for the meta)."""
         cfg = self.config
         value = cfg.path
-        if not is_package_uri(value) and looks_like_hub_id(value, ctx.workflow_dir):
+        if looks_like_hub_id(value, ctx.workflow_dir):
             patterns = [cfg.gguf_file] if cfg.gguf_file else _HUB_PATTERNS + (["*.py"] if cfg.trust_remote_code else [])
             try:
                 folder = download_model(value, cfg.revision, patterns)
@@ -162,7 +162,7 @@ class Model(Pass[ModelConfig]):
         cfg = self.config
         import torch
         import transformers
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         path = folder / name
         architecture, n_tensors = gguf_header(path)
@@ -175,7 +175,7 @@ class Model(Pass[ModelConfig]):
                         str(folder), gguf_file=name, dtype=getattr(torch, cfg.dtype)
                     )
                     bar.update(description="reading the GGUF tokenizer")
-                    tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=name)
+                    tokenizer = load_tokenizer(folder, gguf_file=name)
                     bar.advance(1)
                 except (ValueError, KeyError, NotImplementedError) as exc:
                     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES

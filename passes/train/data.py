@@ -93,8 +93,8 @@ def prepare_data(dd: Any, tokenizer: Any, task: str, max_length: int, ctx: StepC
     texts (SMS averages ~25 tokens) is several times less work than padding to `max_length`. The
     validation split is sorted by length (evaluation order does not change metrics) for the same reason.
 
-    Instruction data (causal LMs) is formatted by `_chat.split_pair` (the dataset's chat settings),
-    cut by `_chat.fit` (the prompt gives way before the response; every cut is counted and logged),
+    Instruction data (causal LMs) is formatted by `passes.hf.chat.split_pair` (the dataset's chat settings),
+    cut by `passes.hf.chat.fit` (the prompt gives way before the response; every cut is counted and logged),
     labelled -100 on the prompt unless `train_on_prompt`, and, with `packing`, the train split's
     examples are packed into rows of up to `max_length` tokens.
     """

@@ -1,6 +1,6 @@
 """The training passes: `lora` (PEFT LoRA adapter), `finetune` (full or last-N-blocks) and `merge_adapter`.
 
-Both trainers run a transformers `Trainer` (see `_train_utils.train_with_trainer`) in a temporary
+Both trainers run a transformers `Trainer` (see `passes.train.trainer.train_with_trainer`) in a temporary
 folder, so no checkpoint reaches the artifact, and write `training_log.json` (the Trainer's log
 history) and `loss.png` next to the result.
 

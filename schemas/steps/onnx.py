@@ -144,45 +144,26 @@ class QuantizeConfig(StepConfig):
         """The target picks the method when none is set, and static QDQ's op set and activation type."""
         return self.method in (None, "static_int8")
 
+    def needs_calibration_data(self, target: Target | None = None) -> bool:
+        """True when this step runs static QDQ, which is calibrated on `data`: the one statement of that rule.
+
+        That is an explicit `static_int8`, or (given the step's effective `target`) no `method` on an npu
+        target, where an encoder defaults to static QDQ (passes/onnx/quant_plan.py). Validation reports a
+        missing `data` for either case, so the pass never starts without it.
+        """
+        return self.method == "static_int8" or (self.method is None and target is not None and target.device == "npu")
+
     def target_issues(self, target: Target) -> list[tuple[tuple, str, str | None]]:
         """An npu target makes the default method static QDQ, which is calibrated on `data`."""
-        if self.method is None and target.device == "npu" and self.data is None:
+        if self.data is None and self.needs_calibration_data(target):
             return [(("data",), "on an npu target quantize defaults to static QDQ, which is calibrated on data: "
                      "set `data` to a load_data step",
                      "or set `method` (int4 for a causal LM, which NPUs run through onnxruntime-genai builds)")]
         return []
 
-    def plan(self, target: Target, causal_lm: bool) -> "QuantPlan":
-        """What this step does on `target` for an encoder or a causal LM: explicit fields win, then the target."""
-        if self.method is not None:
-            method, reason = self.method, "set in the step"
-        elif causal_lm:
-            method = "int4"
-            reason = (f"a causal LM on a {target.device} target: weight-only int4 (decoding is bound by reading the "
-                      "weights; the activations stay float)")
-        else:
-            method = {"cpu": "dynamic_int8", "gpu": "fp16", "npu": "static_int8"}[target.device]
-            reason = {
-                "dynamic_int8": "an encoder on a cpu target: dynamic int8 (int8 kernels, no calibration)",
-                "fp16": "an encoder on a gpu target: float16 (tensor cores; no calibration)",
-                "static_int8": "an encoder on an npu target: static QDQ on every quantizable op (NPUs run integer "
-                               "graphs only), calibrated on the workflow's data",
-            }[method]
-        if method != "static_int8":
-            return QuantPlan(method, None, None, reason)
-        provider = target.planned_provider()
-        if target.device != "npu":
-            profile = "cpu"
-        else:
-            profile = "qnn" if provider == "QNNExecutionProvider" else "npu"
-        activation = self.activation_type or ("uint16" if profile == "qnn" else "uint8")
-        if self.activation_type is None and profile == "qnn":
-            reason += "; uint16 activations with int8 weights, QNN's accurate HTP format"
-        return QuantPlan(method, activation, profile, reason)
-
     @model_validator(mode="after")
     def _check(self) -> "QuantizeConfig":
-        if self.method == "static_int8" and self.data is None:
+        if self.data is None and self.needs_calibration_data():
             raise ValueError("`static_int8` is calibrated on data: set `data` to a load_data step")
         if self.activation_type is not None and self.method not in (None, "static_int8"):
             raise ValueError(f"`activation_type` applies to static_int8, not {self.method}")
@@ -194,6 +175,8 @@ class QuantizeConfig(StepConfig):
 @dataclass(frozen=True)
 class QuantPlan:
     """What a quantize step does: the method, static QDQ's activation type and op profile, and why.
+
+    Declared here because it is recorded in the step's meta (`choices`); `passes.onnx.quant_plan` decides it.
 
     profile (static_int8): `cpu` quantizes MatMul/Gemm/Gather (the x86 fast path); `qnn` every op QNN
     takes, with onnxruntime's QNN overrides (get_qnn_qdq_config); `npu` every op the QDQ quantizer knows.

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from typing import ClassVar, Literal
 
 import pytest
@@ -10,6 +14,7 @@ from pydantic import Field
 from passes import Pass, get_pass, passes, register_pass
 from passes.registry import BUILTIN_PASSES
 from schemas import StepConfig, register_step, step_types, unregister_step
+from tests.builders import ROOT
 
 
 def test_every_builtin_step_type_has_its_pass():
@@ -20,8 +25,28 @@ def test_every_builtin_step_type_has_its_pass():
     assert set(BUILTIN_PASSES) <= set(registered)
 
 
-def test_get_pass_imports_only_the_module_it_needs():
-    assert get_pass("quantize").config_class.step_type() == "quantize"
+#: Libraries a pass imports inside `run` only: looking a pass up must not load them.
+HEAVY = ("torch", "transformers", "peft", "datasets", "onnx", "onnxruntime", "onnxruntime_genai", "sklearn", "numpy")
+
+
+def _modules_after_lookup(step_type: str) -> set[str]:
+    """sys.modules after `get_pass(step_type)` in a fresh interpreter (this one has imported everything)."""
+    code = ("import json, sys; from passes import get_pass; "
+            f"get_pass({step_type!r}); print(json.dumps(sorted(sys.modules)))")
+    env = {k: v for k, v in os.environ.items() if k != "PIPELINE_PLUGINS"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    return set(json.loads(out.stdout.splitlines()[-1]))
+
+
+@pytest.mark.parametrize(("step_type", "module", "other_families"), [
+    ("load_data", "passes.sources.data", ("passes.train", "passes.onnx", "passes.evaluate", "passes.ort")),
+    ("quantize", "passes.onnx.quantize", ("passes.sources", "passes.train", "passes.evaluate")),
+])
+def test_get_pass_imports_only_the_module_it_needs(step_type, module, other_families):
+    loaded = _modules_after_lookup(step_type)
+    assert module in loaded
+    assert not [m for m in loaded if m.startswith(other_families)], "another family was imported"
+    assert not [m for m in loaded if m.split(".")[0] in HEAVY], "a heavy library was imported by the lookup"
     with pytest.raises(KeyError, match="no pass is registered for step type 'nope'"):
         get_pass("nope")
 

@@ -10,7 +10,7 @@ import pytest
 
 from passes import PassError
 from passes.evaluate import latency as _latency
-from passes.evaluate.steps import Evaluate, session_providers
+from passes.evaluate.steps import Evaluate
 from schemas import Target
 from schemas.steps import EvaluateConfig
 from tests.builders import make_artifact
@@ -152,25 +152,16 @@ def test_provider_missing_is_an_error(tiny_onnx_dir, tiny_dataset, make_ctx):
 def test_size_counts_external_data(tiny_onnx_dir, tmp_path):
     import onnx
 
-    from passes.evaluate.steps import model_size_bytes
+    from passes.evaluate.steps import artifact_size_bytes
 
     folder = tmp_path / "ext"
     shutil.copytree(tiny_onnx_dir, folder)
     onnx.save_model(onnx.load(str(tiny_onnx_dir / "model.onnx")), str(folder / "model.onnx"),
                     save_as_external_data=True, location="model.onnx.data", size_threshold=0)
     (folder / "unrelated.data").write_bytes(b"x" * 1000)  # not referenced by the graph: not counted
-    got = model_size_bytes(make_artifact("onnx_model", folder, META, "ext"))
+    got = artifact_size_bytes(make_artifact("onnx_model", folder, META, "ext"))
     assert got == (folder / "model.onnx").stat().st_size + (folder / "model.onnx.data").stat().st_size
     assert (folder / "model.onnx.data").stat().st_size > (folder / "model.onnx").stat().st_size
-
-
-def test_session_providers_keeps_installed_ones():
-    lines: list[str] = []
-    target = Target(providers=["OpenVINOExecutionProvider", "AzureExecutionProvider"], fallback="cpu")
-    got = session_providers(target, ["AzureExecutionProvider", "CPUExecutionProvider"], lines.append)
-    assert got == ["AzureExecutionProvider", "CPUExecutionProvider"] and len(lines) == 1
-    assert session_providers(Target(), ["CPUExecutionProvider"], lines.append) == ["CPUExecutionProvider"]
-    assert len(lines) == 1
 
 
 @pytest.mark.slow

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from passes.base import PassError, SimpleContext
-from passes.onnx.export import ExportOnnx, sample_sentences
+from passes.onnx.export import ExportOnnx
+from passes.ort.checks import sample_sentences
 from schemas.steps import ExportOnnxConfig
 from tests.builders import make_artifact
 

@@ -117,17 +117,17 @@ def tiny_lm_onnx(tiny_llama_dir, tmp_path_factory):
 
 
 def test_model_family(onnx_artifact, tiny_lm_onnx, tmp_path):
-    from passes.ort import files as ou
+    from passes.ort import files
 
-    assert ou.model_family(onnx_artifact.path, onnx_artifact.meta) == "encoder"
-    assert ou.model_family(tiny_lm_onnx) == "causal_lm"  # LlamaForCausalLM in config.json
-    assert ou.model_family(onnx_artifact.path, {"task": "causal-lm"}) == "causal_lm"
+    assert files.model_family(onnx_artifact.path, onnx_artifact.meta) == "encoder"
+    assert files.model_family(tiny_lm_onnx) == "causal_lm"  # LlamaForCausalLM in config.json
+    assert files.model_family(onnx_artifact.path, {"task": "causal-lm"}) == "causal_lm"
     bare = tmp_path / "bare"
     bare.mkdir()
     shutil.copy(tiny_lm_onnx / "model.onnx", bare / "model.onnx")
-    assert ou.model_family(bare) == "encoder"  # no config, no KV-cache inputs
+    assert files.model_family(bare) == "encoder"  # no config, no KV-cache inputs
     (bare / "genai_config.json").write_text("{}")
-    assert ou.model_family(bare) == "causal_lm"
+    assert files.model_family(bare) == "causal_lm"
 
 
 def test_quantize_without_method_picks_int4_for_a_causal_lm(tiny_lm_onnx, make_ctx):

@@ -227,11 +227,11 @@ def test_minilm_dynamic_int8_meets_the_goal(tmp_path, make_ctx):
     ctx, qmeta = quantize(make_artifact("onnx_model", out, meta, step="onnx"), make_ctx)
     assert qmeta["size_ratio"] <= 0.30
 
-    from passes.ort import files as ou
+    from passes.ort import sessions
 
-    session = ou.make_cpu_session(ctx.out_dir / "model.onnx", threads=2)
+    session = sessions.make_cpu_session(ctx.out_dir / "model.onnx", threads=2)
     held_out = texts[120:]
-    int8 = [session.run(["logits"], ou.encode(tok, ou.session_inputs(session), [t]))[0][0].argmax() for t in held_out]
+    int8 = [session.run(["logits"], sessions.encode(tok, sessions.session_inputs(session), [t]))[0][0].argmax() for t in held_out]
     with torch.no_grad():
         fp32 = [model(**tok([t], return_tensors="pt")).logits[0].argmax().item() for t in held_out]
     assert np.mean(np.array(int8) == np.array(fp32)) >= 0.97

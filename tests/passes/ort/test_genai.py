@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from passes.ort import genai_adapters as A
 from passes.ort import genai_build as G
 from passes.ort import genai_run as R
 from passes.hf.chat import encode_prompt, split_pair
@@ -174,7 +175,7 @@ def test_adapters_switch_and_match_peft(tiny_llama, lora_adapters, tmp_path, pre
     import numpy as np
 
     out = tmp_path / "multi"
-    facts = G.export_adapters(tiny_llama, lora_adapters, out, precision=precision, execution_provider="cpu",
+    facts = A.export_adapters(tiny_llama, lora_adapters, out, precision=precision, execution_provider="cpu",
                               options={}, threads=2, log=lambda line: None)
     assert json.loads((out / "adapters.json").read_text()) == {"chat": "chat.onnx_adapter", "terse": "terse.onnx_adapter"}
     assert facts["adapters"]["chat"]["rank"] == 4 and facts["adapters"]["terse"]["rank"] == 8

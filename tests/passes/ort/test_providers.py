@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from schemas import Target
-from schemas.steps import QuantizeConfig
 from schemas.target import CPU, StepTarget, TargetError, providers_from_packages, select_providers
 
 BASE = [CPU, "AzureExecutionProvider"]
@@ -100,47 +99,12 @@ def test_step_override():
     assert Target(providers=[CPU]).overridden(StepTarget(threads=1)).providers == [CPU]
 
 
-@pytest.mark.parametrize(("target", "llm", "method", "activation", "profile"), [
-    (Target(), False, "dynamic_int8", None, None),
-    (Target(), True, "int4", None, None),
-    (Target(device="gpu"), False, "fp16", None, None),
-    (Target(device="gpu"), True, "int4", None, None),
-    (Target(device="npu"), False, "static_int8", "uint16", "qnn"),
-    (Target(device="npu", providers=["OpenVINOExecutionProvider"]), False, "static_int8", "uint8", "npu"),
-    (Target(device="npu", providers=["VitisAIExecutionProvider"]), False, "static_int8", "uint8", "npu"),
-    (Target(device="npu"), True, "int4", None, None),
-])
-def test_quantize_picks_what_the_target_runs_best(target, llm, method, activation, profile):
-    plan = QuantizeConfig(type="quantize", model="m", data="d").plan(target, causal_lm=llm)
-    assert (plan.method, plan.activation_type, plan.profile) == (method, activation, profile)
-    assert plan.reason
-
-
-def test_quantize_explicit_fields_win_and_what_is_keyed():
-    explicit = QuantizeConfig(type="quantize", model="m", method="dynamic_int8")
-    plan = explicit.plan(Target(device="npu"), causal_lm=False)
-    assert plan.method == "dynamic_int8" and plan.reason == "set in the step"
-    assert not explicit.uses_target  # its result does not depend on the target: the target stays out of its key
-    static = QuantizeConfig(type="quantize", model="m", method="static_int8", data="d", activation_type="uint8")
-    assert static.plan(Target(device="npu"), False).activation_type == "uint8"
-    assert static.plan(Target(), False).profile == "cpu" and static.uses_target
-    assert QuantizeConfig(type="quantize", model="m").uses_target
-    with pytest.raises(ValueError, match="`activation_type` applies to static_int8, not int4"):
-        QuantizeConfig(type="quantize", model="m", method="int4", activation_type="uint16")
-
-
-def test_quantize_on_npu_needs_data_before_anything_runs():
-    (issue,) = QuantizeConfig(type="quantize", model="m").target_issues(Target(device="npu"))
-    assert issue[0] == ("data",) and "calibrated on data" in issue[1]
-    assert QuantizeConfig(type="quantize", model="m").target_issues(Target()) == []
-
-
 def test_sessions_on_the_cpu_provider_record_what_ran(tmp_path, make_ctx):
     import numpy as np
     import onnx
     from onnx import TensorProto, helper
 
-    from passes.ort import providers as _providers
+    from passes.ort import providers, sessions
 
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
@@ -148,17 +112,29 @@ def test_sessions_on_the_cpu_provider_record_what_ran(tmp_path, make_ctx):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "model.onnx"))
     target = Target(device="gpu", fallback="cpu", threads=1, provider_options={"CUDAExecutionProvider": {"device_id": 0}})
     lines: list[str] = []
-    choice = _providers.choose(target, tmp_path, lines.append)
+    choice = providers.choose(target, tmp_path, lines.append)
     assert choice.providers == (CPU,) and choice.fell_back  # no GPU on this machine
-    session = _providers.target_session(tmp_path / "model.onnx", target, choice)
+    session = sessions.target_session(tmp_path / "model.onnx", target, choice)
     assert session.run(None, {"x": np.array([-1.0, 2.0], dtype=np.float32)})[0].tolist() == [0.0, 2.0]
-    record = _providers.session_record(session, choice)
+    record = providers.session_record(session, choice)
     assert record["provider"] == CPU and record["fell_back"] and "CUDAExecutionProvider" in record["missing"]
-    assert _providers.provider_options_for(Target(device="npu", provider_options={QNN: {"htp_graph_finalization_optimization_mode": 3, "x": True}}),
+    assert providers.provider_options_for(Target(device="npu", provider_options={QNN: {"htp_graph_finalization_optimization_mode": 3, "x": True}}),
                                            [QNN, CPU]) == [{"htp_graph_finalization_optimization_mode": "3", "x": "1"}, {}]
     from passes.base import PassError
 
     with pytest.raises(PassError, match="none is available here"):
-        _providers.choose(Target(device="gpu"), tmp_path)
+        providers.choose(Target(device="gpu"), tmp_path)
     with pytest.raises(PassError, match="provider_libraries.QNNExecutionProvider: no such file"):
-        _providers.register_plugins(Target(device="npu", provider_libraries={QNN: "nope.so"}), tmp_path)
+        providers.register_plugins(Target(device="npu", provider_libraries={QNN: "nope.so"}), tmp_path)
+
+
+def test_choose_keeps_installed_providers_and_logs_the_fallback_once(monkeypatch):
+    from passes.ort import providers
+
+    monkeypatch.setattr(providers, "available_providers", lambda: ["AzureExecutionProvider", CPU])
+    lines: list[str] = []
+    target = Target(providers=["OpenVINOExecutionProvider", "AzureExecutionProvider"], fallback="cpu")
+    assert providers.choose(target, log=lines.append).providers == ("AzureExecutionProvider", CPU)
+    assert len(lines) == 1 and "OpenVINOExecutionProvider not installed" in lines[0]
+    assert providers.choose(Target(), log=lines.append).providers == (CPU,)
+    assert len(lines) == 1

@@ -391,3 +391,21 @@ def test_schema_rejects_contradictory_mappings():
         LoadDataConfig(type="load_data", path="x.csv", prompt="p", text_pair="t")
     with pytest.raises(ValidationError, match="`label_names` needs a `label` column"):
         LoadDataConfig(type="load_data", path="x.csv", text="t", label_names=["a", "b"])
+
+
+@pytest.mark.parametrize(("value", "hub"), [
+    ("org/name", True),
+    ("Qwen/Qwen2.5-0.5B", True),
+    ("data/train.csv", False),  # the hub shape, but a data file: a typo of a local path
+    ("models/tiny.gguf", False),
+    ("pkg://package/folder", False),
+    ("./org/name", False),
+    ("one/two/three", False),
+])
+def test_hub_ids_are_told_from_local_paths(tmp_path, value, hub):
+    from schemas.paths import looks_like_hub_id
+
+    assert looks_like_hub_id(value, tmp_path) is hub
+    (tmp_path / "org").mkdir()
+    (tmp_path / "org" / "name").mkdir()
+    assert looks_like_hub_id("org/name", tmp_path) is False  # an existing local folder wins
