@@ -76,8 +76,8 @@ class StepContext(Protocol):
     def log(self, message: str) -> None:
         """Write a line to the console and the run log."""
 
-    def progress(self, total: float | None, description: str) -> Progress:
-        """A progress bar for long work (training steps, calibration, latency runs)."""
+    def progress(self, total: float | None, description: str, unit: str | None = None) -> Progress:
+        """A progress bar for long work (training steps, calibration, latency runs); `unit="B"` for bytes."""
 
     def resolve_path(self, value: str) -> Path:
         """A path from the workflow, resolved: relative to the workflow file, or `pkg://` in a package."""
@@ -146,7 +146,7 @@ class SimpleContext:
         if not self.quiet:
             print(f"[{stamp}] {self.step}: {message}", file=sys.stderr)
 
-    def progress(self, total: float | None, description: str) -> Progress:
+    def progress(self, total: float | None, description: str, unit: str | None = None) -> Progress:
         return _CountingProgress(total, description)
 
     def resolve_path(self, value: str) -> Path:

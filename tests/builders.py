@@ -7,6 +7,8 @@ import random
 from collections import Counter
 from pathlib import Path
 
+from passes.base import SimpleContext  # light: passes.base imports no ML library
+
 ROOT = Path(__file__).resolve().parent.parent
 
 _SPAM = ["win", "free", "prize", "cash", "claim", "urgent", "offer", "txt", "reply", "now", "call", "bonus"]
@@ -125,3 +127,12 @@ def export_classifier(hf_dir: Path, out: Path, check_samples: int = 2):
     cfg = ExportOnnxConfig(type="export_onnx", model="upstream", check_samples=check_samples)
     meta = ExportOnnx(cfg).run({"model": src}, SimpleContext(step="onnx", out_dir=out, quiet=True))
     return make_artifact("onnx_model", out, meta, step="onnx")
+
+
+class RecordingContext(SimpleContext):
+    """A SimpleContext that keeps its progress handles in `.bars`, to check what a pass reported."""
+
+    def progress(self, total, description, unit=None):
+        handle = super().progress(total, description, unit)
+        self.__dict__.setdefault("bars", []).append(handle)
+        return handle

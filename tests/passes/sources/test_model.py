@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from passes.hf.folders import infer_task, weights_info
-from passes.base import PassError, SimpleContext
+from passes.base import PassError
 from passes.sources.model import Model
 from schemas.steps import ModelConfig
+from tests.builders import RecordingContext
 
 
 def run(make_ctx, step="base", **fields):
@@ -217,15 +218,6 @@ def write_tiny_gguf(path: Path, arch: str = "llama", add_bos: bool | None = None
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-
-
-class RecordingContext(SimpleContext):
-    """A SimpleContext that keeps its progress handles, to check what a pass reported."""
-
-    def progress(self, total, description):
-        handle = super().progress(total, description)
-        self.__dict__.setdefault("bars", []).append(handle)
-        return handle
 
 
 @pytest.mark.parametrize("add_bos", [None, True])
