@@ -107,7 +107,8 @@ def test_optimize_then_quantize_and_npu_qdq_on_minilm(tmp_path):
     assert abs(m["opt_int8"]["accuracy"] - m["int8"]["accuracy"]) <= 0.005
     # At least as fast because it is the same fused int8 graph either way (quantize fuses when optimize_onnx
     # did not): checked by structure, not by a latency ratio that a loaded machine could upset.
-    assert op_counts(int8.path) == op_counts(opt_int8.path), (op_counts(int8.path), op_counts(opt_int8.path))
+    compute = [{op: n for op, n in op_counts(a.path).items() if op != "Constant"} for a in (int8, opt_int8)]
+    assert compute[0] == compute[1], compute  # (one folded Constant may differ)
     assert op_counts(int8.path)["QAttention"] == 6 and op_counts(int8.path)["SkipLayerNormalization"] == 0
     test = load_from_disk(str(data.path / "data" / "test"))
     fp32, npu_acc = (_accuracy_unpadded(a.path, test) for a in (onnx, qdq))
