@@ -69,3 +69,10 @@ def no_traceback(*texts: str) -> None:
     """No output of the tool shows a Python traceback."""
     for text in texts:
         assert "Traceback" not in text, text
+
+
+def intact(cache_dir: Path) -> bool:
+    """`pipeline cache verify` finds no damaged entry (every manifest sound, every byte as recorded)."""
+    from tests.helpers import cli
+
+    return cli("cache", "--cache-dir", cache_dir, "verify") == 0

@@ -9,7 +9,7 @@ import time
 
 from runner.cache import Cache
 from tests.helpers import cli
-from tests.reliability.common import TALLY, no_traceback, project, snapshot, start, tree
+from tests.reliability.common import TALLY, intact, no_traceback, project, snapshot, start, tree
 
 KILLS = 12
 SEED = 14
@@ -40,7 +40,7 @@ def test_sigkill_at_random_points_then_resume(tmp_path, capsys):
 
         left_work += (cache_dir / "tmp").is_dir() and any((cache_dir / "tmp").iterdir())
         cache = Cache(cache_dir)
-        assert cache.damaged() == {}  # no half artifact
+        assert intact(cache_dir)  # no half artifact
         for entry in cache.entries():  # nothing but what an intact run commits: no cached failure
             if entry.key in ref_keys:
                 assert cache.lookup(entry.key, touch=False).digest == Cache(ref_cache).lookup(entry.key, touch=False).digest

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from runner.cache import Cache
-from tests.reliability.common import TALLY, WORKFLOW, no_traceback, project, snapshot, start
+from tests.reliability.common import TALLY, WORKFLOW, intact, no_traceback, project, snapshot, start
 
 SLOW = WORKFLOW.replace('suffix: "2", sleep: 0.3', 'suffix: "2", sleep: 30')
 
@@ -64,5 +64,5 @@ def test_two_runs_on_one_cache_build_each_step_once(tmp_path):
     assert sorted(counter.read_text().split()) == ["a", "b", "j", "m", "src"]  # each step built once in all
     assert "waiting for another run" in err1 + err2
     assert (tmp_path / "out1" / "joined" / "text.txt").read_bytes() == (tmp_path / "out2" / "joined" / "text.txt").read_bytes()
-    assert Cache(tmp_path / "cache").damaged() == {}
+    assert intact(tmp_path / "cache")
     assert snapshot(tmp_path / "proj") == before
