@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .render import LazyConsole, duration_seconds, format_age, format_size, table
+from .render import LazyConsole, duration_seconds, table
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
@@ -213,79 +213,9 @@ def _type_name(annotation) -> str:
 
 def cmd_cache(args: argparse.Namespace) -> int:
     """Look after the artifact cache: ls, verify, gc, clear (only in a folder that is a cache)."""
-    from .cache import Cache
+    from .cache_commands import run_cache_command
 
-    cache = Cache(args.cache_dir)
-    if not cache.claim(create=False):
-        out.print(f"no cache at {cache.root}: nothing to do", markup=False)
-        return EXIT_OK
-    action = {"ls": _cache_ls, "verify": _cache_verify, "gc": _cache_gc, "clear": _cache_clear}[args.cache_command]
-    try:
-        return action(cache, args)
-    finally:
-        cache.fingerprints.close()
-
-
-def _cache_ls(cache, args: argparse.Namespace) -> int:
-    entries = cache.entries()
-    tbl = table(title=f"cache {cache.root}", title_justify="left")
-    for col in ("key", "step", "type", "kind", "size", "created", "last used"):
-        tbl.add_column(col)
-    for e in entries:
-        tbl.add_row(e.key[:12], e.step, e.pass_type, e.kind, format_size(e.size), format_age(e.created), format_age(e.last_used))
-    out.print(tbl)
-    out.print(f"{len(entries)} artifacts, {format_size(sum(e.size for e in entries))}", markup=False)
-    broken = cache.damaged(full=False)
-    if broken:
-        out.print(f"{len(broken)} damaged entries (not listed, never served): `pipeline cache verify --repair` "
-                  "moves them to quarantine/", style="yellow", markup=False)
-    return EXIT_OK
-
-
-def _cache_verify(cache, args: argparse.Namespace) -> int:
-    keys = cache.keys()
-    steps = {e.key: e.step for e in cache.entries()}
-    bad = 0
-    for key in keys:
-        problems = cache.verify(key)
-        if not problems:
-            continue
-        bad += 1
-        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        out.print(f"{key[:12]} {steps.get(key, '?')}: DAMAGED: {'; '.join(problems[:5])}{more}", style="red", markup=False)
-        if args.repair:
-            where = cache.repair(key)
-            if where:
-                out.print(f"  moved to {where}: the next run rebuilds it", markup=False)
-    out.print(f"{len(keys)} artifacts checked, {bad} damaged", markup=False)
-    if bad and not args.repair:
-        out.print("run `pipeline cache verify --repair` to move them to quarantine/ (the next run rebuilds them)",
-                  markup=False)
-    return EXIT_FAILED if bad and not args.repair else EXIT_OK
-
-
-def _cache_gc(cache, args: argparse.Namespace) -> int:
-    removed, size, stale = cache.gc(args.older_than, dry_run=args.dry_run)
-    verb = "would remove" if args.dry_run else "removed"
-    for e in removed:
-        out.print(f"{verb} {e.key[:12]} {e.step} ({format_size(e.size)}, last used {format_age(e.last_used)})", markup=False)
-    for s in stale:
-        out.print(f"{verb} {s.path} ({format_size(s.size)}, work of a run that is gone)", markup=False)
-    out.print(f"{verb} {len(removed)} artifacts, {format_size(size)}; {len(stale)} abandoned temporary folders, "
-              f"{format_size(sum(s.size for s in stale))}", markup=False)
-    return EXIT_OK
-
-
-def _cache_clear(cache, args: argparse.Namespace) -> int:
-    if not args.yes:
-        if not sys.stdin.isatty():
-            err.print("refusing to empty the cache without --yes", markup=False)
-            return EXIT_INVALID
-        if input(f"empty the cache at {cache.root}? [y/N] ").strip().lower() != "y":
-            return EXIT_OK
-    cache.clear()
-    out.print(f"emptied {cache.root}", markup=False)
-    return EXIT_OK
+    return run_cache_command(args, out, err)
 
 
 def build_parser() -> argparse.ArgumentParser:
