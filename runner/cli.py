@@ -1,7 +1,7 @@
 """`pipeline`: a thin command line. Each command parses its arguments, calls one function, renders.
 
 Exit codes: 0 success; 1 a step failed (or `cache verify` found damage); 2 the workflow or the command
-line is invalid; 130 interrupted. Each command imports what it needs when it runs: `--help` and a bad
+line is invalid; 130 interrupted (Ctrl-C), 143 stopped by SIGTERM. Each command imports what it needs when it runs: `--help` and a bad
 argument need only argparse (no pydantic models, rich or networkx), and no command before `run` imports
 an ML library, so `validate`, `plan`, `schema`, `passes` and `--help` answer in well under a second.
 """
@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .render import LazyConsole, duration_seconds, format_age, format_size, table
+from .render import LazyConsole, duration_seconds, table
 
-EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 
 out = LazyConsole(highlight=False, soft_wrap=True)
@@ -212,58 +212,17 @@ def _type_name(annotation) -> str:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    """Look after the artifact cache: ls, verify, gc, clear."""
-    from .cache import Cache
+    """Look after the artifact cache: ls, verify, gc, clear (only in a folder that is a cache)."""
+    from .cache_commands import run_cache_command
 
-    cache = Cache(args.cache_dir)
-    if args.cache_command == "ls":
-        entries = cache.entries()
-        tbl = table(title=f"cache {cache.root}", title_justify="left")
-        for col in ("key", "step", "type", "kind", "size", "created", "last used"):
-            tbl.add_column(col)
-        for e in entries:
-            tbl.add_row(e.key[:12], e.step, e.pass_type, e.kind, format_size(e.size), format_age(e.created), format_age(e.last_used))
-        out.print(tbl)
-        out.print(f"{len(entries)} artifacts, {format_size(sum(e.size for e in entries))}", markup=False)
-        return EXIT_OK
-    if args.cache_command == "verify":
-        bad = 0
-        entries = cache.entries()
-        for e in entries:
-            problems = cache.verify(e.key)
-            if problems:
-                bad += 1
-                out.print(f"{e.key[:12]} {e.step}: DAMAGED: {'; '.join(problems[:5])}", style="red", markup=False)
-                if args.repair:
-                    cache.remove(e.key)
-                    out.print("  removed: the next run rebuilds it", markup=False)
-        out.print(f"{len(entries)} artifacts checked, {bad} damaged", markup=False)
-        return EXIT_FAILED if bad and not args.repair else EXIT_OK
-    if args.cache_command == "gc":
-        removed, size = cache.gc(args.older_than, dry_run=args.dry_run)
-        verb = "would remove" if args.dry_run else "removed"
-        for e in removed:
-            out.print(f"{verb} {e.key[:12]} {e.step} ({format_size(e.size)}, last used {format_age(e.last_used)})", markup=False)
-        out.print(f"{verb} {len(removed)} artifacts, {format_size(size)}", markup=False)
-        return EXIT_OK
-    if args.cache_command == "clear":
-        if not args.yes:
-            if not sys.stdin.isatty():
-                err.print("refusing to empty the cache without --yes", markup=False)
-                return EXIT_INVALID
-            if input(f"empty the cache at {cache.root}? [y/N] ").strip().lower() != "y":
-                return EXIT_OK
-        cache.clear()
-        out.print(f"emptied {cache.root}", markup=False)
-        return EXIT_OK
-    return EXIT_INVALID
+    return run_cache_command(args, out, err)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used to document the CLI)."""
     parser = argparse.ArgumentParser(
         prog="pipeline", description="Declarative fine-tune -> ONNX -> quantize -> evaluate workflows with a content-addressed cache.",
-        epilog="exit codes: 0 ok, 1 a step failed, 2 invalid workflow or arguments, 130 interrupted",
+        epilog="exit codes: 0 ok, 1 a step failed, 2 invalid workflow or arguments, 130 interrupted, 143 SIGTERM",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -312,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     csub = p.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
     csub.add_parser("ls", help="artifacts with sizes and ages")
     v = csub.add_parser("verify", help="check every artifact against its manifest's digests")
-    v.add_argument("--repair", action="store_true", help="remove damaged artifacts so the next run rebuilds them")
+    v.add_argument("--repair", action="store_true", help="move damaged entries to quarantine/ so the next run rebuilds them")
     g = csub.add_parser("gc", help="drop artifacts no run used recently, and stale temporary folders")
     g.add_argument("--older-than", default="30d", type=duration_seconds, help="unused for this long (e.g. 30d, 12h, 0s; default 30d)")
     g.add_argument("--dry-run", action="store_true", help="only say what would be removed")
@@ -359,8 +318,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # after parsing: `--help` and argument errors exit above without loading the contract's models
     from schemas.errors import ConfigError, PipelineError
 
+    from .interrupts import Terminated, sigterm_as_interrupt
+
     try:
-        return args.func(args)
+        with sigterm_as_interrupt():
+            return args.func(args)
     except ConfigError as exc:
         for issue in exc.issues:
             err.print(issue.format(), markup=False)
@@ -369,6 +331,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PipelineError as exc:
         err.print(str(exc), markup=False, style="red")
         return EXIT_FAILED
+    except Terminated:
+        err.print("stopped (SIGTERM)", style="red")
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         err.print("interrupted", style="red")
         return EXIT_INTERRUPTED

@@ -12,7 +12,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from passes import Artifact, get_pass
 from pipelines.graph import needed_for
@@ -22,8 +22,9 @@ from schemas.errors import ConfigError, Issue, PipelineError
 from schemas.paths import is_package_uri, looks_like_hub_id, resolve_local_path
 from schemas.suggest import did_you_mean
 
-from .cache import Cache
+from .cache import Cache, DamageReport
 from .console import RunConsole
+from .interrupts import Terminated
 from .keys import KeyParts, explain_change, key_parts
 from .records import RunOptions, RunResult, StepRecord
 from .report import copy_outputs, write_run_files
@@ -117,6 +118,7 @@ def run_workflow(loaded: LoadedWorkflow, options: RunOptions) -> RunResult:
     steps = loaded.workflow.steps
     _check_names(loaded, options)
     cache = Cache(options.cache_dir)
+    cache.claim(create=True)
     out_dir = Path(options.output) if options.output else Path.cwd() / "outputs" / loaded.workflow.name
     out_dir.mkdir(parents=True, exist_ok=True)
     console = RunConsole(out_dir / "logs" / "run.log", quiet=options.quiet)
@@ -126,6 +128,12 @@ def run_workflow(loaded: LoadedWorkflow, options: RunOptions) -> RunResult:
     artifacts: dict[str, Artifact] = {}
     started = time.time()
     status = "ok"
+    stopped_by = None
+
+    def rebuild(step: str) -> None:
+        """Build again a step whose artifact was found damaged (and quarantined) after it was looked up."""
+        artifacts.pop(step, None)
+        _run_step(loaded, step, order.index(step) + 1, len(order), records[step], artifacts, cache, console, False, rebuild)
     console.line(f"workflow {loaded.workflow.name}: {len(order)} steps, cache {cache.root}")
     for w in loaded.warnings:
         console.line(w.format(), style="yellow")
@@ -140,12 +148,15 @@ def run_workflow(loaded: LoadedWorkflow, options: RunOptions) -> RunResult:
             if status == "failed" and options.fail_fast:
                 record.status, record.error = "skipped", "--fail-fast: an earlier step failed"
                 continue
-            _run_step(loaded, name, i, len(order), record, artifacts, cache, console, name in options.force)
+            _run_step(loaded, name, i, len(order), record, artifacts, cache, console, name in options.force, rebuild)
             if record.status == "failed":
                 status = "failed"
-    except KeyboardInterrupt:
-        status = "interrupted"
-        console.line("interrupted: nothing half-built was kept in the cache", style="red")
+        _check_outputs(loaded, artifacts, cache, console, rebuild)
+        if any(r.status == "failed" for r in records.values()):
+            status = "failed"
+    except KeyboardInterrupt as exc:
+        status, stopped_by = "interrupted", "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
+        console.line(f"interrupted ({stopped_by}): nothing half-built was kept in the cache", style="red")
     finally:
         cache.fingerprints.close()
     goals_missed = [r.name for r in records.values()
@@ -154,7 +165,7 @@ def run_workflow(loaded: LoadedWorkflow, options: RunOptions) -> RunResult:
         status = "goals_missed"  # every step worked; an evaluate step's `on_goal_miss: fail` goals were not met
     if status != "interrupted":
         copy_outputs(loaded, records, artifacts, out_dir, console)
-    result = RunResult(status, records, out_dir, started, time.time())
+    result = RunResult(status, records, out_dir, started, time.time(), stopped_by)
     write_run_files(loaded, result, artifacts, options)
     verdict = {"ok": "finished", "failed": "FAILED", "interrupted": "interrupted", "goals_missed": "finished, GOALS MISSED"}[status]
     failed = [r.name for r in records.values() if r.status == "failed"]
@@ -180,24 +191,41 @@ def _check_names(loaded: LoadedWorkflow, options: RunOptions) -> None:
 
 
 def _run_step(loaded: LoadedWorkflow, name: str, i: int, n: int, record: StepRecord, artifacts: dict[str, Artifact],
-              cache: Cache, console: RunConsole, force: bool) -> None:
+              cache: Cache, console: RunConsole, force: bool, rebuild: Callable[[str], None] | None = None) -> None:
+    """Find the step in the cache or build it. With `rebuild`, the inputs of a step about to run get a full
+    check first, and a damaged one is quarantined and rebuilt (then this step's key is computed again)."""
     head = f"[{i}/{n}] {name} ({record.type})"
     t0 = time.monotonic()
+    record.status, record.error = "pending", None
+    report = _damage_reporter(console)
     try:
-        parts = compute_parts(loaded, name, artifacts, cache)
-        assert parts is not None, "inputs are built before their consumers"
-        record.key = key = parts.key
-        artifact = None if force else cache.lookup(key)
-        if artifact is None:
+        for _attempt in range(3):
+            parts = compute_parts(loaded, name, artifacts, cache)
+            if parts is None:
+                raise PipelineError(f"an input of {name!r} was damaged in the cache and could not be rebuilt (see above)")
+            record.key = key = parts.key
+            artifact = None if force else cache.lookup(key, on_damage=report)
+            if artifact is not None:
+                break
+            damaged = _damaged_inputs(loaded, name, artifacts, cache, report) if rebuild else []
+            if damaged:
+                for upstream in damaged:
+                    rebuild(upstream)
+                continue
+
             def waiting() -> None:
                 console.line(f"{head}: waiting for another run that is building it ({key[:12]})")
 
             with cache.lock(key, on_wait=waiting):
-                artifact = None if force else cache.lookup(key)
+                artifact = None if force else cache.lookup(key, on_damage=report, locked=True)
                 if artifact is None:
                     console.line(f"{head}: started ({key[:12]})", style="bold")
                     artifact = _build(loaded, name, key, parts, cache, console, force, artifacts)
                     record.status = "ran"
+            break
+        else:
+            raise PipelineError(f"the inputs of {name!r} were found damaged again right after they were rebuilt: "
+                                f"check the disk that holds the cache {cache.root}")
         if record.status != "ran":
             record.status = "cached"
         cache.record(workflow_id(loaded), name, parts.as_dict())
@@ -221,6 +249,45 @@ def _run_step(loaded: LoadedWorkflow, name: str, i: int, n: int, record: StepRec
         console.line(f"{head}: finished in {record.seconds:.1f} s ({key[:12]}){tail}", style="green")
 
 
+def _damage_reporter(console: RunConsole) -> DamageReport:
+    """Say on the console and in the run log that an entry was damaged and where it went."""
+    def report(key: str, step: str, problems: list[str], where: Path) -> None:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        console.line(f"cache entry {key[:12]} (step {step}) is damaged: {'; '.join(problems[:3])}{more}; "
+                     f"moved to {where}; it will be rebuilt", style="yellow")
+
+    return report
+
+
+def _quarantine_if_damaged(artifact: Artifact, cache: Cache, report: DamageReport) -> bool:
+    """Full check of an artifact in use; a damaged one is quarantined (under its key's lock). Whether it was."""
+    if not cache.check(artifact):
+        return False
+    key = artifact.path.parent.name
+    with cache.lock(key):
+        problems = cache.check(artifact)  # another run may have replaced it meanwhile
+        if problems and os.path.lexists(cache.artifacts / key):
+            report(key, artifact.step, problems, cache.quarantine(key, problems))
+    return True
+
+
+def _damaged_inputs(loaded: LoadedWorkflow, name: str, artifacts: dict[str, Artifact], cache: Cache,
+                    report: DamageReport) -> list[str]:
+    """The steps whose artifacts `name` is about to read and that fail the full check (now quarantined)."""
+    targets = dict.fromkeys(t for ts in loaded.workflow.steps[name].references().values() for t in ts)
+    return [t for t in targets if _quarantine_if_damaged(artifacts[t], cache, report)]
+
+
+def _check_outputs(loaded: LoadedWorkflow, artifacts: dict[str, Artifact], cache: Cache, console: RunConsole,
+                   rebuild: Callable[[str], None]) -> None:
+    """Full check of what is about to be copied to the output folder; a damaged artifact is rebuilt first."""
+    report = _damage_reporter(console)
+    copied = [s for s in loaded.workflow.outputs.values()] + [n for n, a in artifacts.items() if a.kind == "metrics"]
+    for step in dict.fromkeys(copied):
+        if step in artifacts and _quarantine_if_damaged(artifacts[step], cache, report):
+            rebuild(step)
+
+
 def _build(loaded: LoadedWorkflow, name: str, key: str, parts: KeyParts, cache: Cache, console: RunConsole,
            replace: bool, artifacts: dict[str, Artifact]) -> Artifact:
     config = loaded.workflow.steps[name]
@@ -237,7 +304,7 @@ def _build(loaded: LoadedWorkflow, name: str, key: str, parts: KeyParts, cache: 
         if replace:
             cache.remove(key)
         return cache.commit(key, work, kind=config.output_kind, step=name, pass_type=config.step_type(),
-                            meta=meta, key_parts=parts.as_dict())
+                            meta=meta, key_parts=parts.as_dict(), on_damage=_damage_reporter(console))
 
 
 def _describe(exc: BaseException) -> str:
@@ -257,6 +324,7 @@ def run_one_step(loaded: LoadedWorkflow, name: str, inputs: dict[str, Artifact],
     config = loaded.workflow.steps[name]
     record = StepRecord(name, config.step_type(), config.output_kind)
     cache = Cache(options.cache_dir)
+    cache.claim(create=True)
     artifacts = dict(inputs)
     try:
         _run_step(loaded, name, 1, 1, record, artifacts, cache, console, name in options.force)
@@ -280,6 +348,7 @@ class PlanRow:
 def plan_workflow(loaded: LoadedWorkflow, cache_dir: Path | None = None) -> list[PlanRow]:
     """Each step in run order with its key and whether it is cached, and if not, why it will run."""
     cache = Cache(cache_dir)
+    cache.claim(create=True)
     history = cache.history(workflow_id(loaded))
     artifacts: dict[str, Artifact] = {}
     rows = []
@@ -305,6 +374,9 @@ def plan_workflow(loaded: LoadedWorkflow, cache_dir: Path | None = None) -> list
                 if art is not None:
                     row.status, row.reason = "cached", ""
                     artifacts[name] = art
+                elif os.path.lexists(cache.artifacts / parts.key):
+                    row.reason = "its cache entry is damaged (the run quarantines and rebuilds it)"
+                    pending.add(name)
                 else:
                     row.reason = explain_change(history.get(name), parts)
                     pending.add(name)

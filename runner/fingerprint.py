@@ -60,6 +60,15 @@ class Fingerprinter:
                 db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", (key, st.st_size, st.st_mtime_ns, digest))
         return digest
 
+    def remember(self, path: Path, digest: str) -> None:
+        """Record a digest just computed elsewhere (the file's bytes were hashed before it was moved here)."""
+        st = path.stat()
+        with self._lock:
+            db = self._db()
+            if db is not None:
+                db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)",
+                           (str(path.resolve()), st.st_size, st.st_mtime_ns, digest))
+
     def digest(self, path: Path) -> str:
         """A file's digest, or a folder's: the SHA-256 of its sorted (relative path, file digest) list."""
         path = Path(path)

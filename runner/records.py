@@ -47,8 +47,11 @@ class RunResult:
     output_dir: Path
     started: float
     finished: float
+    stopped_by: str | None = None  # "SIGINT" or "SIGTERM" when interrupted
 
     @property
     def exit_code(self) -> int:
-        """0 ok, 1 a step failed or an `on_goal_miss: fail` goal was missed, 130 interrupted."""
-        return {"ok": 0, "failed": 1, "goals_missed": 1}.get(self.status, 130)
+        """0 ok, 1 a step failed or an `on_goal_miss: fail` goal was missed, 130 Ctrl-C, 143 SIGTERM."""
+        if self.status == "interrupted":
+            return 143 if self.stopped_by == "SIGTERM" else 130
+        return {"ok": 0, "failed": 1, "goals_missed": 1}.get(self.status, 1)
