@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import AfterValidator, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, Field, StringConstraints, WithJsonSchema, field_validator
 from typing_extensions import Annotated
 
 from .azureml import AzureML
@@ -36,7 +36,9 @@ def check_output_name(name: str) -> str:
     return name
 
 
-OutputName = Annotated[str, AfterValidator(check_output_name)]
+#: The pattern also goes to the JSON Schema (as `patternProperties`), so editors flag a bad name as you type.
+OutputName = Annotated[str, AfterValidator(check_output_name),
+                       WithJsonSchema({"type": "string", "pattern": OUTPUT_NAME_PATTERN})]
 
 
 class WorkflowHeader(StrictModel):
