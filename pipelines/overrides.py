@@ -45,6 +45,9 @@ def apply_overrides(data: dict, overrides: Sequence[str], positions: Positions) 
             child = node.get(part) if isinstance(node, dict) else None
             if child is None and isinstance(node, dict):
                 child = node[part] = {}
+                # a mapping made by this override (`steps.nope` for steps.nope.x=1) is the override's:
+                # problems with it (no `type`) must name the `--set`, not a line of the file
+                positions.origins.setdefault(parts[: i + 1], f"--set {text}")
             if not isinstance(child, dict):
                 issues.append(Issue(f"cannot set {'.'.join(parts)}: {'.'.join(parts[: i + 1])} is not a mapping", parts, where))
                 break

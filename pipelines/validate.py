@@ -23,7 +23,7 @@ from schemas.target import PROVIDER_SOURCES, TargetError, providers_from_package
 
 from .graph import StepGraph, build_graph, find_cycles, run_order
 from .overrides import apply_overrides
-from .yaml_loader import Positions, load_yaml
+from .yaml_loader import Positions, load_yaml, read_workflow_text
 
 #: Execution providers and the onnxruntime distributions that ship each (checked without importing).
 PROVIDER_PACKAGES = {name: src.packages + ((src.plugin[0],) if src.plugin else ()) for name, src in PROVIDER_SOURCES.items()}
@@ -50,13 +50,7 @@ def load_workflow(path: str | Path, overrides: Sequence[str] = ()) -> LoadedWork
     """Read, override and validate a workflow file; raise ConfigError listing every problem."""
     file = Path(path)
     shown = str(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([Issue("no such workflow file", (), shown, hint="check the path")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([Issue(f"cannot read the workflow: {exc}", (), shown)]) from None
-    data, positions = load_yaml(text, shown)
+    data, positions = load_yaml(read_workflow_text(file), shown)
     apply_overrides(data, overrides, positions)
     return check_workflow(data, positions, file.resolve().parent, file.resolve())
 
@@ -182,7 +176,19 @@ def _check_paths(steps: dict[str, StepConfig], positions: Positions, folder: Pat
                 if spec.must_exist and not resolved.exists():
                     issues.append(positions.issue(path, f"{item!r} does not exist (looked for {resolved})",
                                                   "relative paths are relative to the workflow file's folder"))
+                elif resolved.exists() and not (resolved.is_file() or resolved.is_dir()):
+                    # a FIFO or a device (/dev/zero) would block the run or never end: refuse it here
+                    issues.append(positions.issue(path, f"{item!r} is {_special_kind(resolved)}, not a file or folder",
+                                                  "point it at a regular file or a folder"))
     return issues
+
+
+def _special_kind(path: Path) -> str:
+    import stat
+
+    mode = path.stat().st_mode
+    return "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) \
+        else "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
 
 
 def _check_targets(target: Target, steps: dict[str, StepConfig], positions: Positions, folder: Path) -> list[Issue]:

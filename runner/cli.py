@@ -56,8 +56,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         tbl.add_row(r.name, r.type, r.kind, r.key[:12] if r.key else "(pending)", status,
                       style="dim" if r.status == "cached" else None)
     out.print(tbl)
-    todo = sum(r.status != "cached" for r in rows)
-    out.print(f"{todo} of {len(rows)} steps will run", markup=False)
+    todo = sum(r.status == "will run" for r in rows)
+    maybe = sum(r.status not in ("cached", "will run") for r in rows)
+    out.print(f"{todo} of {len(rows)} steps will run" + (
+        f", {maybe} more may run (if a rebuilt input changes)" if maybe else ""), markup=False)
     return EXIT_OK
 
 
@@ -124,12 +126,12 @@ def cmd_targets(args: argparse.Namespace) -> int:
 def _workflow_targets(args: argparse.Namespace, available: list[str]) -> list[dict]:
     """Each distinct target of a workflow (the workflow's and steps' overrides) with the providers it gets here."""
     from pipelines.validate import check_workflow
-    from pipelines.yaml_loader import load_yaml
+    from pipelines.yaml_loader import load_yaml, read_workflow_text
     from schemas.errors import ConfigError
     from schemas.target import TargetError, select_providers
 
     path = Path(args.workflow)
-    data, positions = load_yaml(path.read_text(encoding="utf-8"), str(path))
+    data, positions = load_yaml(read_workflow_text(path), str(path))
     from schemas import Target
 
     try:

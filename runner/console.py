@@ -7,6 +7,7 @@ every tenth of the way, so logs stay readable. Amounts are written as people rea
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -36,8 +37,14 @@ class RunConsole:
     def write_log(self, text: str) -> None:
         """Append to the log file only."""
         if self._log:
-            self._log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
-            self._log.flush()
+            try:
+                self._log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+                self._log.flush()
+            except OSError as exc:  # a full disk must not turn every later line into a traceback
+                log, self._log = self._log, None
+                with contextlib.suppress(OSError):
+                    log.close()
+                self.console.print(f"the run log stopped: {exc.strerror or exc}", style="red", markup=False)
 
     def line(self, text: str, style: str | None = None) -> None:
         """A line on the console and in the log."""
@@ -52,7 +59,8 @@ class RunConsole:
     def close(self) -> None:
         """Close the log file."""
         if self._log:
-            self._log.close()
+            with contextlib.suppress(OSError):  # flushing the last lines on a full disk
+                self._log.close()
             self._log = None
 
 

@@ -21,13 +21,15 @@ from schemas import Target
 from schemas.errors import ConfigError, Issue, PipelineError
 from schemas.paths import is_package_uri, looks_like_hub_id, resolve_local_path
 from schemas.suggest import did_you_mean
+from schemas.workflow import LOGS_DIR
 
 from .cache import Cache, DamageReport
 from .console import RunConsole
 from .interrupts import Terminated
 from .keys import KeyParts, explain_change, key_parts
 from .records import RunOptions, RunResult, StepRecord
-from .report import copy_outputs, write_run_files
+from .preflight import check_cache_dir, prepare_output_dir
+from .report import OutputError, copy_outputs, write_run_files
 
 
 class RunnerContext:
@@ -118,10 +120,15 @@ def run_workflow(loaded: LoadedWorkflow, options: RunOptions) -> RunResult:
     steps = loaded.workflow.steps
     _check_names(loaded, options)
     cache = Cache(options.cache_dir)
+    check_cache_dir(cache.root, given=options.cache_dir is not None)
     cache.claim(create=True)
     out_dir = Path(options.output) if options.output else Path.cwd() / "outputs" / loaded.workflow.name
-    out_dir.mkdir(parents=True, exist_ok=True)
-    console = RunConsole(out_dir / "logs" / "run.log", quiet=options.quiet)
+    prepare_output_dir(out_dir, "--output" if options.output else "the output folder")
+    try:
+        console = RunConsole(out_dir / LOGS_DIR / "run.log", quiet=options.quiet)
+    except OSError as exc:  # e.g. `logs` is a file there
+        raise OutputError(f"cannot write the run log in {out_dir / LOGS_DIR}: {exc.strerror or exc}; "
+                          "choose another folder with --output") from None
     selected = needed_for(loaded.graph, options.only) if options.only else set(steps)
     order = [n for n in loaded.order if n in selected]
     records = {n: StepRecord(n, steps[n].step_type(), steps[n].output_kind) for n in order}
@@ -164,7 +171,11 @@ def run_workflow(loaded: LoadedWorkflow, options: RunOptions) -> RunResult:
     if status == "ok" and goals_missed:
         status = "goals_missed"  # every step worked; an evaluate step's `on_goal_miss: fail` goals were not met
     if status != "interrupted":
-        copy_outputs(loaded, records, artifacts, out_dir, console)
+        try:
+            copy_outputs(loaded, records, artifacts, out_dir, console)
+        except OutputError as exc:  # e.g. a full disk: the run failed, but run.json still says how far it got
+            status = "failed"
+            console.line(str(exc), style="red")
     result = RunResult(status, records, out_dir, started, time.time(), stopped_by)
     write_run_files(loaded, result, artifacts, options)
     verdict = {"ok": "finished", "failed": "FAILED", "interrupted": "interrupted", "goals_missed": "finished, GOALS MISSED"}[status]
@@ -341,13 +352,14 @@ class PlanRow:
     type: str
     kind: str
     key: str | None
-    status: str  # cached | will run | unknown
+    status: str  # cached | will run | may run (an input is rebuilt first) | unknown
     reason: str
 
 
 def plan_workflow(loaded: LoadedWorkflow, cache_dir: Path | None = None) -> list[PlanRow]:
     """Each step in run order with its key and whether it is cached, and if not, why it will run."""
     cache = Cache(cache_dir)
+    check_cache_dir(cache.root, given=cache_dir is not None)
     cache.claim(create=True)
     history = cache.history(workflow_id(loaded))
     artifacts: dict[str, Artifact] = {}
@@ -365,8 +377,9 @@ def plan_workflow(loaded: LoadedWorkflow, cache_dir: Path | None = None) -> list
                 rows.append(row)
                 continue
             if parts is None:
+                # Not "will run": a rebuilt input that comes out byte-identical leaves this step cached.
                 waits = sorted(set(loaded.graph.predecessors(name)) & pending)
-                row.reason = f"input will be rebuilt ({', '.join(waits)})"
+                row.status, row.reason = "may run", f"input will be rebuilt ({', '.join(waits)})"
                 pending.add(name)
             else:
                 row.key = parts.key

@@ -5,8 +5,11 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import stat
 import threading
 from pathlib import Path
+
+from schemas.errors import PipelineError
 
 _CHUNK = 1 << 20
 _SKIP_DIRS = {"__pycache__", ".git"}
@@ -46,6 +49,8 @@ class Fingerprinter:
     def file_digest(self, path: Path) -> str:
         """The file's SHA-256, from the memo when its size and mtime are unchanged."""
         st = path.stat()
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or a device in a data folder would block or never end
+            raise PipelineError(f"{path} is not a regular file (a named pipe or a device?); remove it from the folder")
         key = str(path.resolve())
         with self._lock:
             db = self._db()

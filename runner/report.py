@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import platform
@@ -13,6 +15,8 @@ from typing import TYPE_CHECKING
 
 from passes import Artifact
 from pipelines.validate import LoadedWorkflow
+from schemas.errors import PipelineError
+from schemas.workflow import REPORT_MD, REPORTS_DIR, RUN_JSON
 
 from .keys import package_versions
 from .records import RunOptions, RunResult, StepRecord
@@ -25,31 +29,80 @@ RECORDED_PACKAGES = ("pipeline-orchestrator", "torch", "transformers", "peft", "
                      "onnxruntime-genai", "optimum", "datasets", "pydantic")
 
 
-def _replace_tree(src: Path, dest: Path) -> None:
-    """Copy `src` to `dest`, replacing what was there, so that `dest` is never half old, half new."""
-    tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}"
-    shutil.copytree(src, tmp)
-    if dest.exists():
-        old = dest.parent / f".{dest.name}.old.{uuid.uuid4().hex[:8]}"
-        os.rename(dest, old)
-        os.rename(tmp, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, dest)
+class OutputError(PipelineError):
+    """The run's outputs or files could not be written to the output folder (a full disk, permissions)."""
+
+
+def _stage(src: Path, staged: Path) -> Path:
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(src, staged)
+    return staged
 
 
 def copy_outputs(loaded: LoadedWorkflow, records: dict[str, StepRecord], artifacts: dict[str, Artifact],
                  out_dir: Path, console: "RunConsole") -> None:
-    """Copy each `outputs` entry and every evaluate step's report from the cache to the output folder."""
-    for out_name, step in loaded.workflow.outputs.items():
-        if step in artifacts:
-            _replace_tree(artifacts[step].path, out_dir / out_name)
-            console.line(f"output {out_name}: {out_dir / out_name}")
-        elif step in records:
-            console.line(f"output {out_name}: not written (step {step!r} {records[step].status})", style="yellow")
-    for name, art in artifacts.items():
-        if art.kind == "metrics":
-            _replace_tree(art.path, out_dir / "reports" / name)
+    """Copy each `outputs` entry and every evaluate step's report from the cache to the output folder.
+
+    Everything is copied first into one temporary folder inside the output folder (same file system,
+    so moves are renames); only when every copy is complete is each moved into place by one rename,
+    a previous run's folder of that name moved aside first and deleted after. A failure (a full disk)
+    raises OutputError and leaves the output folder as it was; nothing but the run's own names is touched.
+    """
+    staging = out_dir / f".staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    moves: list[tuple[Path, Path]] = []  # (staged copy, destination)
+    try:
+        for out_name, step in loaded.workflow.outputs.items():
+            if step in artifacts:
+                moves.append((_stage(artifacts[step].path, staging / out_name), out_dir / out_name))
+            elif step in records:
+                console.line(f"output {out_name}: not written (step {step!r} {records[step].status})", style="yellow")
+        for name, art in artifacts.items():
+            if art.kind == "metrics":
+                moves.append((_stage(art.path, staging / REPORTS_DIR / name), out_dir / REPORTS_DIR / name))
+        _move_in(moves, staging)
+    except OSError as exc:
+        raise OutputError(_write_failure(out_dir, exc)) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for staged, dest in moves:
+        if dest.parent == out_dir:
+            console.line(f"output {dest.name}: {dest}")
+
+
+def _move_in(moves: list[tuple[Path, Path]], staging: Path) -> None:
+    """Rename each staged copy to its destination; on a failure, put back what was moved aside."""
+    done: list[tuple[Path, Path | None]] = []  # (destination, where its old content went)
+    try:
+        for i, (staged, dest) in enumerate(moves):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            old = None
+            if dest.is_symlink() or dest.exists():
+                old = staging / f".old-{i}"
+                os.rename(dest, old)
+            done.append((dest, old))
+            os.rename(staged, dest)
+    except OSError:
+        for dest, old in reversed(done):
+            with contextlib.suppress(OSError):
+                if old is not None:
+                    if dest.exists():
+                        os.rename(dest, staging / f".new-{uuid.uuid4().hex[:8]}")
+                    os.rename(old, dest)
+        raise
+
+
+def _write_failure(out_dir: Path, exc: OSError) -> str:
+    """What went wrong writing to the output folder, and what to do about it."""
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list) and exc.args[0]:
+        reason = str(exc.args[0][0][-1])  # copytree gathers (src, dst, why) per file: the first says it
+        full = "No space left" in reason
+    else:
+        reason = exc.strerror or str(exc)
+        full = exc.errno == errno.ENOSPC
+    hint = ("free some disk space, or choose another folder with --output" if full else
+            "check the folder's permissions, or choose another folder with --output")
+    return (f"cannot write the run's outputs to {out_dir}: {reason}; {hint} (the step results stay in the cache: "
+            "the next run only copies them; nothing in the output folder was replaced)")
 
 
 def _step_json(record: StepRecord, target: dict | None = None) -> dict:
@@ -88,10 +141,14 @@ def write_run_files(loaded: LoadedWorkflow, result: RunResult, artifacts: dict[s
         "packages": package_versions(tuple(sorted(set(RECORDED_PACKAGES) | declared))),
         "platform": {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()},
     }
-    tmp = result.output_dir / ".run.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=False, default=str))
-    os.replace(tmp, result.output_dir / "run.json")
-    (result.output_dir / "report.md").write_text(render_report(loaded, result, artifacts))
+    tmp = result.output_dir / f".{RUN_JSON}.tmp"
+    try:
+        tmp.write_text(json.dumps(doc, indent=2, sort_keys=False, default=str))
+        os.replace(tmp, result.output_dir / RUN_JSON)
+        (result.output_dir / REPORT_MD).write_text(render_report(loaded, result, artifacts))
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(_write_failure(result.output_dir, exc)) from None
 
 
 def _target_json(loaded: LoadedWorkflow, name: str) -> dict | None:
@@ -127,7 +184,7 @@ def render_report(loaded: LoadedWorkflow, result: RunResult, artifacts: dict[str
     for name, art in artifacts.items():
         report = art.path / "report.md"
         if art.kind == "metrics" and report.exists():
-            body = report.read_text().replace("](", f"](reports/{name}/")  # keep its images' links working
+            body = report.read_text().replace("](", f"]({REPORTS_DIR}/{name}/")  # keep its images' links working
             lines += ["", f"## Evaluation: {name}", "", _demote(body)]
     return "\n".join(lines) + "\n"
 

@@ -65,8 +65,17 @@ def resolve_local_path(value: str, base: Path) -> Path:
         rest = value[len(PKG_PREFIX):]
         package, _, sub = rest.partition("/")
         folder = package_folder(package)
-        return (folder / sub).resolve() if sub else folder.resolve()
-    path = Path(value).expanduser()
-    if not path.is_absolute():
-        path = base / path
-    return path.resolve()
+        try:
+            return (folder / sub).resolve() if sub else folder.resolve()
+        except (RuntimeError, OSError, ValueError) as exc:  # a symlink loop inside the package
+            raise PathResolutionError(f"{value!r} cannot be resolved: {exc}") from None
+    try:
+        path = Path(value).expanduser()
+        if not path.is_absolute():
+            path = base / path
+        return path.resolve()
+    except RuntimeError as exc:  # Python < 3.13 reports a symlink loop as a RuntimeError
+        raise PathResolutionError(f"{value!r} is a symlink loop ({exc}); point it at a real file or folder") from None
+    except (OSError, ValueError) as exc:  # a loop (3.13+), a name too long, a NUL byte, no HOME for `~`
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise PathResolutionError(f"{value!r} cannot be resolved: {reason}") from None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, StringConstraints, field_validator
+from pydantic import AfterValidator, Field, StringConstraints, WithJsonSchema, field_validator
 from typing_extensions import Annotated
 
 from .azureml import AzureML
@@ -10,6 +10,36 @@ from .base import StepConfig, StepName, StrictModel
 from .target import DEFAULT_PROVIDERS, Device, StepTarget, Target  # noqa: F401  (re-exported)
 
 SUPPORTED_VERSIONS = (1,)
+
+#: What `pipeline run` itself writes into the output folder (runner/report.py and runner/execute.py
+#: take the names from here). An `outputs:` entry of the same name would replace them, or be replaced.
+RUN_JSON, REPORT_MD, LOGS_DIR, REPORTS_DIR = "run.json", "report.md", "logs", "reports"
+RUN_FILES = (RUN_JSON, REPORT_MD, LOGS_DIR, REPORTS_DIR)
+
+#: One plain file name: no `/` or `\`, not `.` or `..`, no leading dot (the run's temporary and
+#: hidden files start with one), at most 64 characters.
+OUTPUT_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$"
+
+
+def check_output_name(name: str) -> str:
+    """An `outputs:` name must be one plain path component that the run does not write itself."""
+    import re
+
+    if not re.match(OUTPUT_NAME_PATTERN, name):
+        raise ValueError(
+            f"output name {name!r} must be a plain folder name: letters, digits, `_ . -`, not starting with `.` "
+            "or `-`, at most 64 characters (it becomes a folder in the output folder; no paths)"
+        )
+    # compared case-insensitively: on macOS and Windows `Run.json` and `run.json` are one file
+    if name.lower() in RUN_FILES:
+        raise ValueError(f"output name {name!r} is taken: the run writes {', '.join(RUN_FILES)} itself; choose another name")
+    return name
+
+
+#: The pattern also goes to the JSON Schema (as `patternProperties`), so editors flag a bad name as you type.
+OutputName = Annotated[str, AfterValidator(check_output_name),
+                       WithJsonSchema({"type": "string", "pattern": OUTPUT_NAME_PATTERN})]
+
 
 class WorkflowHeader(StrictModel):
     """Everything but the steps, validated first; each step is validated by its own class."""
@@ -21,7 +51,7 @@ class WorkflowHeader(StrictModel):
     description: str = Field("", description="What the workflow does, for people.")
     target: Target = Field(default_factory=Target, description="Where models run and what they are optimized for.")
     steps: dict = Field(description="Step name -> step config; `type` picks the pass.")
-    outputs: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")], StepName] = Field(
+    outputs: dict[OutputName, StepName] = Field(
         default_factory=dict,
         description="Output folder name -> step whose artifact is copied, deployable, to the output folder.",
     )

@@ -19,6 +19,7 @@ as one padded batch) and fails when their outputs differ by more than `atol`.
 
 from __future__ import annotations
 
+import errno
 import shutil
 import warnings
 from pathlib import Path
@@ -220,6 +221,9 @@ def _export(model: Any, tokenizer: Any, input_names: tuple[str, ...], output: st
                 program.save(str(raw / files.MODEL_FILE))
         path = files.save_model(onnx.load(str(raw / files.MODEL_FILE)), out_dir)
     except Exception as exc:  # the exporters raise many types; the user needs the reason and a way out
+        if _disk_full(exc):  # another opset would not help: say what would
+            raise PassError(f"no space left on the disk while writing the ONNX model under {out_dir}; free some "
+                            "disk space (or move the cache with --cache-dir) and run again") from exc
         raise PassError(
             f"torch.onnx.export ({'dynamo' if dynamo else 'TorchScript'}) failed with opset {opset}: "
             f"{type(exc).__name__}: {exc}; try another `opset`"
@@ -227,6 +231,16 @@ def _export(model: Any, tokenizer: Any, input_names: tuple[str, ...], output: st
     finally:
         shutil.rmtree(raw, ignore_errors=True)
     return path
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    """ENOSPC anywhere in the exception's chain (torch and onnx wrap the OSError in their own errors)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "No space left on device" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def _compare(model: Any, tokenizer: Any, input_names: tuple[str, ...], output: str, samples: list[str],

@@ -110,7 +110,14 @@ class LoadData(Pass[LoadDataConfig]):
         # datasets writes Arrow files while it loads; keep them out of out_dir and out of the user's
         # cache (the rows are loaded into memory, so the scratch folder can go at once).
         with tempfile.TemporaryDirectory(prefix="load_data-") as scratch:
-            frames = load_files(files, fmt, scratch)
+            try:
+                frames = load_files(files, fmt, scratch)
+            except PassError as exc:
+                # datasets words a file with a header and no rows as `Instruction "train" corresponds to no data!`
+                if "corresponds to no data" not in str(exc):
+                    raise
+                raise PassError(f"no rows in {cfg.path}: it has no data rows (only a header?); "
+                                "add rows, or point `path` at the right file") from exc
         ctx.log(f"read {sum(len(f) for f in frames.values())} rows from {path.name} ({fmt}"
                 + (f"; splits {', '.join(frames)})" if len(frames) > 1 else ")"))
         return frames, fmt

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 
 from pipelines.overrides import apply_overrides, parse_override
 from pipelines.validate import LoadedWorkflow, check_workflow
-from pipelines.yaml_loader import load_yaml
+from pipelines.yaml_loader import load_yaml, read_workflow_text
 from schemas import step_types
 from schemas.azureml import AzureML
 from schemas.errors import ConfigError, Issue, PipelineError
@@ -78,13 +78,7 @@ def load_for_submit(request: SubmitRequest) -> tuple[LoadedWorkflow, list[str]]:
     stand-in (the remote command sets the field to the mounted datastore path anyway).
     """
     file = Path(request.workflow)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([Issue("no such workflow file", (), str(file), hint="check the path")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([Issue(f"cannot read the workflow: {exc}", (), str(file))]) from None
-    data, positions = load_yaml(text, str(file))
+    data, positions = load_yaml(read_workflow_text(file), str(file))
     flags = _flag_overrides(request)
     apply_overrides(data, [*request.overrides, *(o for o, _ in flags)], positions)
     for override, shown in flags:
