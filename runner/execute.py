@@ -54,8 +54,14 @@ class RunnerContext:
 
 
 def workflow_id(loaded: LoadedWorkflow) -> str:
-    """Identifies a workflow file for the cache's history (its resolved path)."""
-    return str(loaded.file)
+    """Identifies a workflow for the cache's history: its declared `name`, so a workflow file that is copied
+    or moved (or a cache copied to another machine) keeps its history; `plan` reasons are advice, never keys."""
+    return f"name:{loaded.workflow.name}"
+
+
+def workflow_history(loaded: LoadedWorkflow, cache: Cache) -> dict[str, dict]:
+    """The last key parts of each step; history recorded by file path (before names) fills the gaps."""
+    return {**cache.history(str(loaded.file)), **cache.history(workflow_id(loaded))}
 
 
 def compute_parts(loaded: LoadedWorkflow, name: str, artifacts: dict[str, Artifact], cache: Cache) -> KeyParts | None:
@@ -361,7 +367,7 @@ def plan_workflow(loaded: LoadedWorkflow, cache_dir: Path | None = None) -> list
     cache = Cache(cache_dir)
     check_cache_dir(cache.root, given=cache_dir is not None)
     cache.claim(create=True)
-    history = cache.history(workflow_id(loaded))
+    history = workflow_history(loaded, cache)
     artifacts: dict[str, Artifact] = {}
     rows = []
     pending: set[str] = set()

@@ -138,6 +138,20 @@ def test_plan_says_what_will_run_and_why(tmp_path, capsys):
     assert rows["src"]["reason"] == "input changed (path)"
 
 
+def test_plan_history_follows_a_copied_workflow(tmp_path, capsys):
+    """History is kept by workflow name: a copy of the file (or of the cache) still says what changed."""
+    wf = fake_project(tmp_path)
+    assert run(wf, tmp_path) == 0
+    copy = tmp_path / "elsewhere"
+    copy.mkdir()
+    (copy / "in.txt").write_text((tmp_path / "in.txt").read_text())
+    (copy / "wf.yaml").write_text(wf.read_text())
+    capsys.readouterr()
+    cli("plan", copy / "wf.yaml", "--cache-dir", tmp_path / "cache", "--json", "--set", "steps.a.suffix=X")
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["src"]["status"] == "cached" and rows["a"]["reason"] == "config changed (suffix)"
+
+
 def test_cache_ls_verify_gc_clear(tmp_path, capsys):
     wf = fake_project(tmp_path)
     cache_dir = tmp_path / "cache"
