@@ -12,6 +12,7 @@ import heapq
 from typing import TYPE_CHECKING, Iterable
 
 from schemas import StepConfig
+from schemas.base import step_output_kind
 from schemas.errors import PipelineError
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ def build_graph(steps: dict[str, StepConfig]) -> StepGraph:
     """The graph of the steps' references (references to unknown steps are reported elsewhere)."""
     graph = StepGraph()
     for name, config in steps.items():
-        graph.add_node(name, type=config.step_type(), kind=config.output_kind)
+        graph.add_node(name, type=config.step_type(), kind=step_output_kind(config))
     for name, config in steps.items():
         for fld, targets in config.references().items():
             for target in targets:

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from pydantic import BaseModel, ValidationError
 
 from schemas import StepConfig, Target, Workflow, WorkflowHeader, step_types
-from schemas.base import STEP_NAME_PATTERN
+from schemas.base import STEP_NAME_PATTERN, step_output_kind
 from schemas.errors import ConfigError, Issue
 from schemas.paths import PathResolutionError, is_package_uri, looks_like_hub_id, resolve_local_path
 from schemas.suggest import did_you_mean
@@ -138,7 +138,7 @@ def _check_steps(raw: dict, positions: Positions, issues: list[Issue]) -> dict[s
 def _check_references(steps: dict[str, StepConfig], known: set, positions: Positions) -> list[Issue]:
     issues = []
     for name, cfg in steps.items():
-        for fld, (spec, is_list) in cfg.reference_fields().items():
+        for fld, (_, is_list) in cfg.reference_fields().items():
             value = getattr(cfg, fld)
             if value is None:
                 continue
@@ -148,15 +148,20 @@ def _check_references(steps: dict[str, StepConfig], known: set, positions: Posit
                     issues.append(positions.issue(path, f"step {name!r} references itself"))
                 elif target not in known:
                     issues.append(positions.issue(path, f"unknown step {target!r}", did_you_mean(target, known)))
-                elif target in steps and steps[target].output_kind not in spec.kinds:
-                    produced = steps[target].output_kind
+                elif target in steps and step_output_kind(steps[target]) not in cfg.reference_kinds(fld):
+                    produced, wanted = step_output_kind(steps[target]), cfg.reference_kinds(fld)
                     issues.append(positions.issue(
                         path,
-                        f"{cfg.step_type()} needs {' or '.join(_a(k) for k in spec.kinds)}; "
-                        f"{target!r} produces {_a(produced)}",
-                        _bridge_hint(produced, spec.kinds),
+                        f"{_label(cfg)} needs {' or '.join(_a(k) for k in wanted)}; {target!r} produces {_a(produced)}",
+                        _bridge_hint(produced, wanted),
                     ))
     return issues
+
+
+def _label(cfg: StepConfig) -> str:
+    """`quantize`, or `olive (Gptq)`: the step type, with the Olive pass it runs."""
+    pass_name = getattr(cfg, "pass_name", None)
+    return f"{cfg.step_type()} ({pass_name})" if pass_name else cfg.step_type()
 
 
 def _check_paths(steps: dict[str, StepConfig], positions: Positions, folder: Path) -> list[Issue]:
@@ -281,6 +286,13 @@ def pydantic_issues(exc: ValidationError, cls: type[BaseModel], prefix: tuple, d
             extra_keys.add(path)
             continue
         message = err["msg"].removeprefix("Value error, ")
+        ctx = err.get("ctx") or {}
+        if ctx.get("hint") or ctx.get("at_key"):  # a validator's own error: its hint, and the key as the place
+            grouped.setdefault(path, []).append(message)
+            hints.setdefault(path, ctx.get("hint"))
+            if ctx.get("at_key"):
+                extra_keys.add(path)
+            continue
         if kind == "missing":
             message = f"missing required field {loc[-1]!r}" if loc else "missing required field"
             fld = _field_info(cls, loc)

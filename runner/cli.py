@@ -177,6 +177,10 @@ def cmd_passes(args: argparse.Namespace) -> int:
     from schemas import step_types
 
     types = step_types()
+    if args.type and args.type.startswith("olive/"):
+        from .olive_listing import show_olive_pass
+
+        return EXIT_OK if show_olive_pass(args.type.partition("/")[2], out, err) else EXIT_INVALID
     if args.type:
         if args.type not in types:
             from schemas.suggest import did_you_mean
@@ -185,7 +189,7 @@ def cmd_passes(args: argparse.Namespace) -> int:
             err.print(f"unknown step type {args.type!r}" + (f"; {hint}" if hint else ""), markup=False)
             return EXIT_INVALID
         cls = types[args.type]
-        out.print(f"[bold]{args.type}[/bold]: {cls.__doc__.strip().splitlines()[0]} (produces {cls.output_kind})")
+        out.print(f"[bold]{args.type}[/bold]: {cls.__doc__.strip().splitlines()[0]} (produces {_produces(cls)})")
         tbl = table(show_lines=False)
         for col in ("field", "type", "default", "description"):
             tbl.add_column(col, overflow="fold")
@@ -195,17 +199,26 @@ def cmd_passes(args: argparse.Namespace) -> int:
                 continue
             kind = f"ref -> {' | '.join(refs[name][0].kinds)}" if name in refs else _type_name(info.annotation)
             default = "(required)" if info.is_required() else repr(info.get_default(call_default_factory=True))
-            tbl.add_row(name, kind, default, info.description or "")
+            tbl.add_row(info.alias or name, kind, default, info.description or "")
         out.print(tbl)
+        if args.type == "olive":
+            from .olive_listing import list_olive_passes
+
+            list_olive_passes(out)
         return EXIT_OK
     tbl = table(title="step types", title_justify="left")
     for col in ("type", "produces", "takes", "description"):
         tbl.add_column(col)
     for name, cls in types.items():
         takes = ", ".join(f"{f}: {'|'.join(s.kinds)}" for f, (s, _) in cls.reference_fields().items()) or "-"
-        tbl.add_row(name, cls.output_kind, takes, (cls.__doc__ or "").strip().splitlines()[0])
+        tbl.add_row(name, _produces(cls), takes, (cls.__doc__ or "").strip().splitlines()[0])
     out.print(tbl)
     return EXIT_OK
+
+
+def _produces(cls) -> str:
+    """The kind a step type produces; an `olive` step produces what its pass produces."""
+    return "its pass's kind" if hasattr(cls, "produced_kind") else cls.output_kind
 
 
 def _type_name(annotation) -> str:
@@ -265,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", help="write it to this file")
     p.set_defaults(func=cmd_schema)
     p = sub.add_parser("passes", help="list the step types, or one type's fields")
-    p.add_argument("type", nargs="?", help="a step type, e.g. lora")
+    p.add_argument("type", nargs="?", help="a step type, e.g. lora; `olive` lists Olive's passes, `olive/Gptq` shows one")
     p.set_defaults(func=cmd_passes)
 
     p = sub.add_parser("cache", help="look after the artifact cache")

@@ -18,6 +18,7 @@ from passes import Artifact, get_pass
 from pipelines.graph import needed_for
 from pipelines.validate import LoadedWorkflow
 from schemas import Target
+from schemas.base import step_output_kind
 from schemas.errors import ConfigError, Issue, PipelineError
 from schemas.paths import is_package_uri, looks_like_hub_id, resolve_local_path
 from schemas.suggest import did_you_mean
@@ -137,7 +138,7 @@ def run_workflow(loaded: LoadedWorkflow, options: RunOptions) -> RunResult:
                           "choose another folder with --output") from None
     selected = needed_for(loaded.graph, options.only) if options.only else set(steps)
     order = [n for n in loaded.order if n in selected]
-    records = {n: StepRecord(n, steps[n].step_type(), steps[n].output_kind) for n in order}
+    records = {n: StepRecord(n, steps[n].step_type(), step_output_kind(steps[n])) for n in order}
     artifacts: dict[str, Artifact] = {}
     started = time.time()
     status = "ok"
@@ -320,7 +321,7 @@ def _build(loaded: LoadedWorkflow, name: str, key: str, parts: KeyParts, cache: 
             raise TypeError(f"{pass_cls.__name__}.run must return a dict of metadata, not {type(meta).__name__}")
         if replace:
             cache.remove(key)
-        return cache.commit(key, work, kind=config.output_kind, step=name, pass_type=config.step_type(),
+        return cache.commit(key, work, kind=step_output_kind(config), step=name, pass_type=config.step_type(),
                             meta=meta, key_parts=parts.as_dict(), on_damage=_damage_reporter(console))
 
 
@@ -339,7 +340,7 @@ def run_one_step(loaded: LoadedWorkflow, name: str, inputs: dict[str, Artifact],
     Returns the step's record and, unless it failed, its committed artifact.
     """
     config = loaded.workflow.steps[name]
-    record = StepRecord(name, config.step_type(), config.output_kind)
+    record = StepRecord(name, config.step_type(), step_output_kind(config))
     cache = Cache(options.cache_dir)
     cache.claim(create=True)
     artifacts = dict(inputs)
@@ -374,7 +375,7 @@ def plan_workflow(loaded: LoadedWorkflow, cache_dir: Path | None = None) -> list
     try:
         for name in loaded.order:
             cfg = loaded.workflow.steps[name]
-            row = PlanRow(name, cfg.step_type(), cfg.output_kind, None, "will run", "")
+            row = PlanRow(name, cfg.step_type(), step_output_kind(cfg), None, "will run", "")
             try:
                 parts = compute_parts(loaded, name, artifacts, cache)
             except PipelineError as exc:

@@ -185,6 +185,14 @@ class StepConfig(StrictModel):
             out[name] = list(value) if is_list else [value]
         return out
 
+    def reference_kinds(self, field: str) -> tuple[str, ...]:
+        """The kinds this step's reference `field` accepts; its `Ref[...]` kinds unless the instance narrows them.
+
+        An `olive` step's `model` takes what its Olive pass takes (Gptq: an hf_model only), which its
+        field's type (`Ref[HfModel, OnnxModel]`) cannot say.
+        """
+        return self.reference_fields()[field][0].kinds
+
     def target_issues(self, target: Target) -> list[tuple[tuple, str, str | None]]:
         """Problems of this step on `target` (its effective target), found before anything runs.
 
@@ -207,3 +215,13 @@ def _annotation(info: Any) -> Any:
     if info.metadata:
         return Annotated[(info.annotation, *info.metadata)]
     return info.annotation
+
+
+def step_output_kind(config: StepConfig) -> str:
+    """The kind this step instance produces: `produced_kind()` where the config has one, else `output_kind`.
+
+    Most step types produce one kind whatever their fields; an `olive` step produces what its pass
+    produces (Gptq an hf_model, ModelBuilder an onnx_model). Read every instance's kind through here.
+    """
+    produced = getattr(config, "produced_kind", None)
+    return produced() if callable(produced) else config.output_kind

@@ -15,7 +15,8 @@ import pytest
 
 from tests.helpers import ROOT, fake_project
 
-HEAVY = ["torch", "transformers", "peft", "onnx", "onnxruntime", "onnxruntime_genai", "optimum", "datasets", "sklearn"]
+HEAVY = ["torch", "transformers", "peft", "onnx", "onnxruntime", "onnxruntime_genai", "optimum", "datasets", "sklearn",
+         "olive"]
 #: Libraries that are light enough for a run but that a quick answer must not wait for.
 ENGINE = ["networkx", "pydantic", "rich", "yaml"]
 OUR_PACKAGES = ("schemas", "pipelines", "passes", "runner")
@@ -54,9 +55,32 @@ RECIPE = ROOT / "pipelines" / "recipes" / "spam-minilm-int8.yaml"
     ["schema"],
     ["passes"],
     ["passes", "quantize"],
+    ["passes", "olive"],
+    ["passes", "olive/Gptq"],
 ])
 def test_fast_commands_import_no_ml_library(args):
     result = _probe(*args)
+    assert result["code"] == 0
+    assert result["ml"] == []
+
+
+OLIVE_WORKFLOW = """
+version: 1
+name: olive
+steps:
+  base: {type: model, path: m}
+  int4: {type: olive, pass: ModelBuilder, model: base, config: {precision: int4}}
+  rtn: {type: olive, pass: OnnxBlockWiseRtnQuantization, model: int4, config: {block_size: 32}}
+"""
+
+
+@pytest.mark.parametrize("command", ["validate", "plan"])
+def test_olive_steps_validate_and_plan_without_olive(tmp_path, command):
+    """The manifest (JSON) answers for Olive: neither Olive nor torch is imported to check its passes."""
+    (tmp_path / "m").mkdir()
+    (tmp_path / "wf.yaml").write_text(OLIVE_WORKFLOW)
+    result = _probe(command, tmp_path / "wf.yaml", "--cache-dir", tmp_path / "c") if command == "plan" \
+        else _probe(command, tmp_path / "wf.yaml")
     assert result["code"] == 0
     assert result["ml"] == []
 

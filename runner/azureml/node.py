@@ -17,6 +17,7 @@ from typing import Sequence
 
 from passes import Artifact
 from pipelines.validate import LoadedWorkflow, load_workflow
+from schemas.base import step_output_kind
 from schemas.errors import ConfigError, Issue, PipelineError
 from schemas.suggest import did_you_mean
 
@@ -114,7 +115,7 @@ def run_node(workflow: Path, step: str, input_pairs: Sequence[str], output: Path
     artifacts = {}
     for ref, folder in inputs.items():
         artifact = read_artifact(folder, ref)
-        produced = loaded.workflow.steps[ref].output_kind
+        produced = step_output_kind(loaded.workflow.steps[ref])
         if artifact.kind != produced:
             raise PipelineError(f"--input {ref}={folder}: holds {artifact.kind!r}, but step {ref!r} produces {produced!r}")
         artifacts[ref] = artifact

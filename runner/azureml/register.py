@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipelines.validate import LoadedWorkflow
+from schemas.base import step_output_kind
 from schemas.errors import PipelineError
 
 from .build import sdk
@@ -26,7 +27,7 @@ METHOD_PRECISION = {"dynamic_int8": "int8", "static_int8": "int8", "int4": "int4
 def pick_model_output(loaded: LoadedWorkflow, wanted: str | None) -> tuple[str, str]:
     """(outputs entry, step) of the deployable ONNX model: `wanted`, or the workflow's only one."""
     steps, outputs = loaded.workflow.steps, loaded.workflow.outputs
-    onnx = {name: step for name, step in outputs.items() if steps[step].output_kind == "onnx_model"}
+    onnx = {name: step for name, step in outputs.items() if step_output_kind(steps[step]) == "onnx_model"}
     if wanted is not None:
         if wanted not in onnx:
             raise PipelineError(f"--model-output {wanted}: not an ONNX output of the workflow "
@@ -93,7 +94,7 @@ def register_model(client: Any, loaded: LoadedWorkflow, job_name: str, model_nam
     out_name, step = pick_model_output(loaded, output_name)
     metrics: dict[str, dict] = {}
     meta: dict = {}
-    evaluates = [s for s in loaded.order if loaded.workflow.steps[s].output_kind == "metrics"
+    evaluates = [s for s in loaded.order if step_output_kind(loaded.workflow.steps[s]) == "metrics"
                  and step in loaded.workflow.steps[s].references().get("models", [])]
     if getattr(job, "type", "command") == "pipeline":
         spec = make_spec(loaded, loaded.workflow.azureml, "pipeline")

@@ -17,6 +17,7 @@ from typing import Iterable, Sequence
 
 from pipelines.validate import LoadedWorkflow
 from schemas.azureml import AzureML
+from schemas.base import step_output_kind
 from schemas.errors import PipelineError
 from schemas.paths import PathResolutionError, is_package_uri, looks_like_hub_id, resolve_local_path
 
@@ -227,6 +228,6 @@ def _pipeline_outputs(spec: SubmitSpec) -> dict[str, str]:
             out[node] = io_name(out_name, taken)
     for step in spec.loaded.order:
         node = spec.node_names[step]
-        if spec.loaded.workflow.steps[step].output_kind == "metrics" and node not in out:
+        if step_output_kind(spec.loaded.workflow.steps[step]) == "metrics" and node not in out:
             out[node] = io_name(node, taken)
     return out

@@ -3,6 +3,7 @@
 from .data import LoadDataConfig
 from .evaluate import EvaluateConfig
 from .model import ModelConfig
+from .olive import OliveConfig
 from .onnx import ExportOnnxConfig, OptimizeOnnxConfig, QuantizeConfig, QuantPlan
 from .train import FinetuneConfig, LoraConfig, MergeAdapterConfig, QloraConfig, TrainingSettings
 
@@ -14,6 +15,7 @@ __all__ = [
     "LoraConfig",
     "MergeAdapterConfig",
     "ModelConfig",
+    "OliveConfig",
     "OptimizeOnnxConfig",
     "QloraConfig",
     "QuantizeConfig",
