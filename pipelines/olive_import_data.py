@@ -32,6 +32,8 @@ _DATA_NOTES = {
     "user_script": "custom data code (user scripts) is not run by load_data",
     "script_dir": "custom data code (user scripts) is not run by load_data",
 }
+_SECTIONS = ("params_config", "load_dataset_config", "pre_process_data_config", "dataloader_config",
+             "post_process_data_config")
 _DATA_KEYS = {"name", "type", "data_name", "subset", "data_files", "input_cols", "label_cols", "label_col",
               "max_samples", "text_template", "text_cols", "max_seq_len", "source_max_len"}
 
@@ -95,8 +97,7 @@ def convert_data(cfg: dict, index: int, chain: Chain, replacements: dict[str, st
                    "load_data")
         return None
     flat: dict[str, Any] = {}
-    for part in ("params_config", "load_dataset_config", "pre_process_data_config", "dataloader_config",
-                 "post_process_data_config"):
+    for part in _SECTIONS:
         section = cfg.get(part) or {}
         flat.update(section.get("params", section) if isinstance(section, dict) else {})
     kwargs = flat.pop("component_kwargs", None) or {}
@@ -104,6 +105,7 @@ def convert_data(cfg: dict, index: int, chain: Chain, replacements: dict[str, st
         flat.update(section if isinstance(section, dict) else {})
     flat.pop("type", None)
     flat.update({k: v for k, v in cfg.items() if k in _DATA_KEYS and k not in ("type", "name")})
+    flat.update({k: v for k, v in cfg.items() if k not in _DATA_KEYS and k not in _SECTIONS})  # reported below
     step = chain.new_name(name)
     body: dict = {"type": "load_data"}
     notes: dict[str, str] = {}
@@ -128,7 +130,7 @@ def convert_data(cfg: dict, index: int, chain: Chain, replacements: dict[str, st
         notes["path"] = f"a hub dataset, downloaded when the step runs; offline: --data {name}=FILE"
     else:  # a placeholder that fails validation at this line, rather than a hub id that would load the wrong data
         body["path"] = f"{name}.csv"
-        shown = f"{data_name!r}" + (f" subset {subset!r}" if subset else "")
+        shown = f"{data_name!r}" + (f" subset {subset!r}" if subset else "") if data_name else "(none given)"
         notes["path"] = f"placeholder for a local copy of the hub dataset {shown}: --data {name}=FILE"
         chain.skip(f"{where}.data_name", f"the hub dataset {shown}: load_data reads files or a plain `org/name` hub "
                    f"dataset; give --data {name}=FILE (a CSV/JSON/Parquet export of it)")
