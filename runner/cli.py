@@ -226,6 +226,30 @@ def _type_name(annotation) -> str:
     return re.sub(r"typing\.|Literal", "", text).replace("NoneType", "None")
 
 
+def cmd_import_olive(args: argparse.Namespace) -> int:
+    """Convert an Olive run config into a workflow file, then validate it (exit 2 when it does not validate)."""
+    from pipelines.olive_import import OliveImportError, import_olive
+
+    try:
+        result = import_olive(args.config, args.output, args.model, args.data or ())
+    except OliveImportError as exc:
+        err.print(str(exc), markup=False)
+        return EXIT_INVALID
+    for where, reason in result.unconverted:
+        err.print(f"not converted: {where}: {reason}", style="yellow", markup=False)
+    if result.issues:
+        for issue in result.issues:
+            err.print(issue.format(), markup=False)
+        err.print(f"{result.output} was written but does not validate: {len(result.issues)} "
+                  f"problem{'s' if len(result.issues) != 1 else ''} (above); fix them in the file, or give "
+                  "--model / --data for what must be local", style="red", markup=False)
+        return EXIT_INVALID
+    out.print(f"wrote {result.output}: valid ({len(result.steps)} steps: {' -> '.join(result.steps)}); "
+              f"{len(result.unconverted)} item{'s' if len(result.unconverted) != 1 else ''} not converted "
+              "(listed above and at the end of the file)", markup=False)
+    return EXIT_OK
+
+
 def cmd_cache(args: argparse.Namespace) -> int:
     """Look after the artifact cache: ls, verify, gc, clear (only in a folder that is a cache)."""
     from .cache_commands import run_cache_command
@@ -280,6 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("passes", help="list the step types, or one type's fields")
     p.add_argument("type", nargs="?", help="a step type, e.g. lora; `olive` lists Olive's passes, `olive/Gptq` shows one")
     p.set_defaults(func=cmd_passes)
+
+    p = sub.add_parser("import-olive", help="convert an Olive run config (JSON) into a workflow, then validate it")
+    p.add_argument("config", help="the Olive config, e.g. olive.json")
+    p.add_argument("-o", "--output", help="the workflow file to write (default: the config's name with .yaml)")
+    p.add_argument("--model", metavar="PATH", help="a local model folder (or hub id) instead of input_model's path")
+    p.add_argument("--data", action="append", metavar="NAME=FILE",
+                   help="a local data file instead of data config NAME's source (repeatable)")
+    p.set_defaults(func=cmd_import_olive)
 
     p = sub.add_parser("cache", help="look after the artifact cache")
     p.add_argument("--cache-dir", type=Path, help="the artifact cache (default $XDG_CACHE_HOME/pipeline)")
