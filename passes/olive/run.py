@@ -39,6 +39,8 @@ from passes.registry import register_pass
 LOG_TAIL = 15
 #: A progress bar's line (tqdm: "12/40 [00:01<00:02, 3.1it/s]", "0mod [00:00, ?mod/s]"): not quoted in errors.
 _PROGRESS = re.compile(r"\[\d\d:\d\d|\?\w*/s\]|\d%\|")
+#: The chat script (passes/templates) written as inference.py into a genai folder, as export_onnx does.
+GENAI_CHAT_SCRIPT = "chat_genai.py"
 #: The working sub-folder Olive writes its output model into.
 OUTPUT_NAME = "output_model"
 
@@ -193,6 +195,11 @@ def _collect(handler: Any, source: Artifact, ctx: StepContext) -> dict[str, Any]
                               if op in files.QUANT_OP_TYPES}
         facts["size_mb"] = files.mb(files.model_size_bytes(ctx.out_dir))
         if facts["genai"]:
+            if not (ctx.out_dir / files.INFERENCE_SCRIPT).exists():  # the chat loop export_onnx's genai folders carry
+                from importlib.resources import files as resources
+
+                script = resources("passes").joinpath("templates", GENAI_CHAT_SCRIPT).read_text(encoding="utf-8")
+                (ctx.out_dir / files.INFERENCE_SCRIPT).write_text(script, encoding="utf-8")
             _check_genai(ctx)
         else:
             if not (ctx.out_dir / files.INFERENCE_SCRIPT).exists() and facts["task"] != "causal-lm":
@@ -239,8 +246,8 @@ def _meta(cfg: OliveConfig, olive_pass: Any, facts: dict[str, Any], data_note: d
     kind, fmt = facts.pop("kind"), facts.get("format")
     quant = facts.get("quantization")
     if quant == "olive":
-        ctx.log("the weights are in Olive's packed format (quant_method: olive): Olive's ModelBuilder and "
-                "export_onnx with the genai exporter read it; transformers alone does not")
+        ctx.log("the weights are in Olive's packed format (quant_method: olive): an olive ModelBuilder step reads "
+                "them; transformers alone does not (it would re-initialize the packed layers)")
     ops = facts.get("quant_ops") or {}
     detail = ", ".join(f"{n} {op}" for op, n in sorted(ops.items())) or (f"{quant} quantized" if quant else "")
     return {

@@ -81,6 +81,7 @@ def test_model_builder_gives_a_genai_folder(tiny_chat_llama_dir, make_ctx):
     meta = _run(_step("ModelBuilder", {"precision": "fp32"}), {"model": source}, ctx)
     assert (ctx.out_dir / "genai_config.json").is_file() and (ctx.out_dir / "model.onnx").is_file()
     assert meta["format"] == "genai" and meta["task"] == "causal-lm"
+    assert "onnxruntime_genai" in (ctx.out_dir / "inference.py").read_text()  # the chat loop, as export_onnx writes
     assert any("onnxruntime-genai loads the folder" in line for line in ctx.lines)  # the pass ran it
     import onnxruntime_genai as og
 
@@ -121,3 +122,24 @@ def test_unknown_pass_and_data_for_a_pass_without_data(tiny_onnx_classifier, tin
         _run(_step("OnnxDynamicQuantisation"), {"model": tiny_onnx_classifier}, ctx)
     with pytest.raises(PassError, match="takes no data"):
         _run(_step("OnnxDynamicQuantization", data="data"), {"model": tiny_onnx_classifier, "data": tiny_dataset}, ctx)
+
+
+def test_gptq_on_instruction_data_then_model_builder_int4(tiny_chat_llama_dir, tmp_path, make_ctx):
+    """The recipe's chain: Olive GPTQ calibrated on instruction rows, then ModelBuilder reads Olive's packed weights."""
+    from datasets import Dataset, DatasetDict
+
+    from tests.builders import tiny_corpus
+
+    rows = tiny_corpus(24)
+    DatasetDict(train=Dataset.from_dict({"prompt": [t for t, _ in rows], "response": [l for _, l in rows]})
+                ).save_to_disk(str(tmp_path / "instr" / "data"))
+    data = make_artifact("dataset", tmp_path / "instr", {"format": "instruction", "labels": None}, "calib")
+    source = make_artifact("hf_model", tiny_chat_llama_dir, {"task": "causal-lm", "labels": None})
+    gptq_ctx = make_ctx("gptq")
+    gptq = _run(_step("Gptq", {"bits": 4, "group_size": 32}, data="calib", samples=8), {"model": source, "data": data},
+                gptq_ctx)
+    assert gptq["quantization"] == "olive" and gptq["olive"]["data"]["rows"] == 8
+    int4_ctx = make_ctx("int4")
+    meta = _run(_step("ModelBuilder", {"precision": "int4"}), {"model": make_artifact("hf_model", gptq_ctx.out_dir, gptq)},
+                int4_ctx)
+    assert meta["format"] == "genai" and meta["quant_ops"].get("MatMulNBits", 0) > 0
