@@ -1,0 +1,145 @@
+"""The `olive` pass on tiny models, offline: an ONNX pass, a calibrated ONNX pass, a PyTorch pass (GPTQ
+calibrated on our dataset), ModelBuilder to a genai folder, and failures that are PassErrors with Olive's
+message and leave nothing in the step's folder."""
+
+from __future__ import annotations
+
+import pytest
+
+from passes.base import PassError
+from tests.builders import make_artifact, op_counts, run_onnx
+
+pytest.importorskip("olive")
+
+
+def _step(pass_name: str, config: dict | None = None, **fields):
+    from schemas.steps.olive import OliveConfig
+
+    return OliveConfig.model_validate({"type": "olive", "pass": pass_name, "model": "m", "config": config or {}, **fields})
+
+
+def _run(step, inputs, ctx):
+    from passes.olive.run import Olive
+
+    return Olive(step).run(inputs, ctx)
+
+
+def _leftovers(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_onnx_dynamic_quantization(tiny_onnx_classifier, make_ctx):
+    ctx = make_ctx("dyn")
+    meta = _run(_step("OnnxDynamicQuantization", {"per_channel": True}), {"model": tiny_onnx_classifier}, ctx)
+    ops = op_counts(ctx.out_dir)
+    assert ops["MatMulInteger"] > 0 and ops["DynamicQuantizeLinear"] > 0
+    assert run_onnx(ctx.out_dir).shape == (3, 2)
+    for name in ("tokenizer.json", "config.json", "inference.py"):
+        assert (ctx.out_dir / name).is_file()
+    assert meta["task"] == "text-classification" and meta["labels"] == ["ham", "spam"]
+    assert meta["olive"]["pass"] == "OnnxDynamicQuantization" and meta["olive"]["version"] == "0.13.0"
+    assert meta["olive"]["config"]["per_channel"] is True and "quant_preprocess" in meta["olive"]["config"]
+    assert meta["quant_ops"]["MatMulInteger"] == ops["MatMulInteger"]
+    assert "Olive OnnxDynamicQuantization -> onnx_model" in meta["summary"] and meta["metrics"]["size_mb"] > 0
+
+
+def test_onnx_static_quantization_calibrated_on_our_dataset(tiny_onnx_classifier, tiny_dataset, make_ctx):
+    ctx = make_ctx("static")
+    step = _step("OnnxStaticQuantization", {"quant_format": "QDQ"}, data="data", split="validation", samples=8)
+    meta = _run(step, {"model": tiny_onnx_classifier, "data": tiny_dataset}, ctx)
+    ops = op_counts(ctx.out_dir)
+    assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > 0
+    assert run_onnx(ctx.out_dir).shape == (3, 2)
+    assert meta["olive"]["data"] == {"step": "data", "split": "validation", "rows": 8}
+    assert "data_config" not in meta["olive"]["config"]  # its paths pointed into the deleted working folder
+
+
+def test_gptq_on_a_causal_lm_gives_an_hf_folder(tiny_llama_dir, tiny_dataset, make_ctx):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from passes.olive.kinds import register_olive_quantizer
+
+    ctx = make_ctx("gptq")
+    source = make_artifact("hf_model", tiny_llama_dir, {"task": "causal-lm", "labels": None})
+    step = _step("Gptq", {"bits": 4, "group_size": 16}, data="data", samples=16)
+    meta = _run(step, {"model": source, "data": tiny_dataset}, ctx)
+    assert meta["format"] == "hf" and meta["quantization"] == "olive" and meta["model_type"] == "llama"
+    assert (ctx.out_dir / "tokenizer.json").is_file() and (ctx.out_dir / "config.json").is_file()
+    register_olive_quantizer()  # Olive's packed layers: transformers needs Olive's quantizer to read them
+    ids = torch.tensor([[1, 5, 9, 12, 3]])
+    with torch.no_grad():
+        quantized = AutoModelForCausalLM.from_pretrained(ctx.out_dir)(ids).logits
+        original = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)(ids).logits
+    assert quantized.shape == original.shape
+    assert float((quantized - original).abs().max()) < 0.5 * float(original.abs().max())
+
+
+def test_model_builder_gives_a_genai_folder(tiny_chat_llama_dir, make_ctx):
+    ctx = make_ctx("genai")
+    source = make_artifact("hf_model", tiny_chat_llama_dir, {"task": "causal-lm", "labels": None})
+    meta = _run(_step("ModelBuilder", {"precision": "fp32"}), {"model": source}, ctx)
+    assert (ctx.out_dir / "genai_config.json").is_file() and (ctx.out_dir / "model.onnx").is_file()
+    assert meta["format"] == "genai" and meta["task"] == "causal-lm"
+    assert "onnxruntime_genai" in (ctx.out_dir / "inference.py").read_text()  # the chat loop, as export_onnx writes
+    assert any("onnxruntime-genai loads the folder" in line for line in ctx.lines)  # the pass ran it
+    import onnxruntime_genai as og
+
+    og.Model(str(ctx.out_dir))
+
+
+def test_a_pass_that_raises_is_a_pass_error_with_olives_message(tiny_onnx_classifier, make_ctx):
+    ctx = make_ctx("bad")
+    # ModelBuilder takes a PyTorch/HF model: given an ONNX classifier Olive raises while running.
+    with pytest.raises(PassError, match=r"Olive's ModelBuilder failed: \w+"):
+        _run(_step("ModelBuilder", {"precision": "int4"}), {"model": tiny_onnx_classifier}, ctx)
+    assert _leftovers(ctx.out_dir) == []
+
+
+def test_a_config_olive_rejects_is_a_pass_error(tiny_onnx_classifier, make_ctx):
+    ctx = make_ctx("bad_value")
+    with pytest.raises(PassError, match=r"Olive refused the config of OnnxDynamicQuantization: precision: Input should be 'int4'.*\(got 'int3'\)$"):
+        _run(_step("OnnxDynamicQuantization", {"precision": "int3"}), {"model": tiny_onnx_classifier}, ctx)
+    # Olive itself only warns about an unknown key and runs the defaults: here it is an error
+    with pytest.raises(PassError, match="no parameter 'per_chanel'.*did you mean per_channel"):
+        _run(_step("OnnxDynamicQuantization", {"per_chanel": True}), {"model": tiny_onnx_classifier}, ctx)
+    assert _leftovers(ctx.out_dir) == []
+
+
+def test_a_pass_that_returns_no_model_fails(tiny_onnx_classifier, make_ctx, monkeypatch):
+    from olive.passes.olive_pass import Pass as OlivePass
+
+    ctx = make_ctx("empty")
+    monkeypatch.setattr(OlivePass, "run", lambda self, model, path: None)
+    with pytest.raises(PassError, match="returned no model"):
+        _run(_step("OnnxDynamicQuantization"), {"model": tiny_onnx_classifier}, ctx)
+    assert _leftovers(ctx.out_dir) == []
+
+
+def test_unknown_pass_and_data_for_a_pass_without_data(tiny_onnx_classifier, tiny_dataset, make_ctx):
+    ctx = make_ctx("unknown")
+    with pytest.raises(PassError, match="no pass 'OnnxDynamicQuantisation'.*did you mean OnnxDynamicQuantization"):
+        _run(_step("OnnxDynamicQuantisation"), {"model": tiny_onnx_classifier}, ctx)
+    with pytest.raises(PassError, match="takes no data"):
+        _run(_step("OnnxDynamicQuantization", data="data"), {"model": tiny_onnx_classifier, "data": tiny_dataset}, ctx)
+
+
+def test_gptq_on_instruction_data_then_model_builder_int4(tiny_chat_llama_dir, tmp_path, make_ctx):
+    """The recipe's chain: Olive GPTQ calibrated on instruction rows, then ModelBuilder reads Olive's packed weights."""
+    from datasets import Dataset, DatasetDict
+
+    from tests.builders import tiny_corpus
+
+    rows = tiny_corpus(24)
+    DatasetDict(train=Dataset.from_dict({"prompt": [t for t, _ in rows], "response": [l for _, l in rows]})
+                ).save_to_disk(str(tmp_path / "instr" / "data"))
+    data = make_artifact("dataset", tmp_path / "instr", {"format": "instruction", "labels": None}, "calib")
+    source = make_artifact("hf_model", tiny_chat_llama_dir, {"task": "causal-lm", "labels": None})
+    gptq_ctx = make_ctx("gptq")
+    gptq = _run(_step("Gptq", {"bits": 4, "group_size": 32}, data="calib", samples=8), {"model": source, "data": data},
+                gptq_ctx)
+    assert gptq["quantization"] == "olive" and gptq["olive"]["data"]["rows"] == 8
+    int4_ctx = make_ctx("int4")
+    meta = _run(_step("ModelBuilder", {"precision": "int4"}), {"model": make_artifact("hf_model", gptq_ctx.out_dir, gptq)},
+                int4_ctx)
+    assert meta["format"] == "genai" and meta["quant_ops"].get("MatMulNBits", 0) > 0
