@@ -18,6 +18,7 @@ from passes.base import Artifact, PassError
 from passes.hf.folders import read_config
 from passes.hf.loading import load_tokenizer
 from passes.ort.sessions import target_session
+from passes.hf.folders import refuse_packed_weights
 
 #: The tokenizer outputs an ONNX encoder graph may declare as inputs.
 ONNX_TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -70,6 +71,7 @@ class HfClassifier(Classifier):
         import torch
         from transformers import AutoModelForSequenceClassification
 
+        refuse_packed_weights(artifact.path, "evaluate (PyTorch)")
         self.model = AutoModelForSequenceClassification.from_pretrained(artifact.path, dtype=torch.float32)
         self.model.to(device).eval()
         self.device = device

@@ -35,6 +35,7 @@ from passes.evaluate.goals import apply_goals, with_goals
 from passes.ort.genai_run import (GenaiSession, greedy_answer, sequence_nll, speed_summary, timed_genai,
                          timed_torch, torch_generate)
 from passes.base import Artifact, PassError
+from passes.hf.folders import refuse_packed_weights
 
 #: Seed of the run order shuffling: a rerun interleaves the models in the same order.
 SHUFFLE_SEED = 0
@@ -57,6 +58,7 @@ class TorchLM:
             self.model = ORTModelForCausalLM.from_pretrained(folder, use_cache=True, provider="CPUExecutionProvider")
             self.runtime = "onnxruntime (optimum)"
         else:
+            refuse_packed_weights(folder, "evaluate (PyTorch)")
             self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
             self.runtime = "PyTorch fp32"
 

@@ -149,6 +149,21 @@ def read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
+def refuse_packed_weights(folder: Path, reader: str) -> None:
+    """Refuse a folder holding Olive's packed quantized weights (`quant_method: olive`, written by Olive's Rtn,
+    Gptq, KQuant... passes) before `reader` loads it with transformers.
+
+    Why: transformers alone loads such a folder without an error but re-initializes the quantized layers with
+    random weights, so a model would be evaluated, exported or trained on noise. Only Olive's ModelBuilder
+    reads the format.
+    """
+    quant = read_config(folder).get("quantization_config") or {}
+    if isinstance(quant, dict) and quant.get("quant_method") == "olive":
+        raise PassError(f"{folder} holds Olive's packed quantized weights (quant_method: olive), which {reader} cannot "
+                        "read (transformers would load random weights in their place): give this model to "
+                        "`type: olive` with `pass: ModelBuilder`, which reads them, or quantize after this step")
+
+
 def infer_task(config: dict[str, Any]) -> str:
     """The task a model is built for, from its config's architectures and model_type."""
     archs = config.get("architectures") or []

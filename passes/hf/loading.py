@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from passes.base import Artifact, PassError
+from passes.hf.folders import refuse_packed_weights
 
 #: The transformers Auto class that builds a model for each task name of the contract.
 AUTO_CLASSES = {
@@ -106,6 +107,7 @@ def load_model(folder: Path, task: str, labels: list[str] | None = None, **kwarg
     encoder without a head gets a new one (initialized from the current torch seed). A head of another
     size is replaced. Returns (model, names of newly initialized parameters).
     """
+    refuse_packed_weights(folder, f"loading a {task} model")
     auto = auto_class_for(task)
     extra: dict[str, Any] = dict(kwargs)
     if task == "text-classification":

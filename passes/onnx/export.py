@@ -33,6 +33,7 @@ from passes.ort.checks import sample_sentences
 from passes.ort.sessions import make_cpu_session
 from passes.base import Artifact, Pass, PassError, StepContext
 from passes.registry import register_pass
+from passes.hf.folders import refuse_packed_weights
 
 #: What each supported task exports: the AutoModel class and the graph's output.
 TASK_OUTPUTS = {"text-classification": "logits", "feature-extraction": "last_hidden_state"}
@@ -144,6 +145,7 @@ def _load(folder: Path, task: str, labels: list[str] | None) -> tuple[Any, Any, 
     import torch
     from transformers import AutoModel, AutoModelForSequenceClassification
 
+    refuse_packed_weights(folder, "export_onnx")
     tokenizer = load_tokenizer(folder)
     cls = AutoModelForSequenceClassification if task == "text-classification" else AutoModel
     torch.manual_seed(0)  # weights the folder lacks (a new head) are then the same on every run

@@ -19,6 +19,7 @@ from schemas.steps import ExportOnnxConfig
 from schemas.steps.onnx import GENAI_PROVIDER_FOR_DEVICE
 from schemas.workflow import Target
 
+from passes.hf.folders import refuse_packed_weights
 from passes.hf.loading import load_tokenizer
 from passes.ort import files
 from passes.ort.sessions import cpu_cores
@@ -43,6 +44,7 @@ def genai_choices(cfg: ExportOnnxConfig, target: Target, log: Any) -> tuple[str,
 
 def export_genai(source: Artifact, adapters: list[Artifact], cfg: ExportOnnxConfig, ctx: StepContext) -> dict[str, Any]:
     """Build a genai folder into ctx.out_dir; return the artifact meta."""
+    refuse_packed_weights(Path(source.path), "export_onnx")
     from passes.ort import genai_adapters, genai_build
     from passes.ort import genai_run
 
@@ -99,6 +101,7 @@ def _check_adapter(adapter: Artifact, base: Artifact) -> None:
 
 def export_optimum(source: Artifact, cfg: ExportOnnxConfig, ctx: StepContext) -> dict[str, Any]:
     """optimum `main_export` (text-generation-with-past) into ctx.out_dir, checked against PyTorch."""
+    refuse_packed_weights(Path(source.path), "export_onnx")
     import warnings
 
     from optimum.exporters.onnx import main_export

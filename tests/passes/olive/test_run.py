@@ -149,3 +149,20 @@ def test_gptq_on_instruction_data_then_model_builder_int4(tiny_chat_llama_dir, t
     meta = _run(_step("ModelBuilder", {"precision": "int4"}), {"model": make_artifact("hf_model", gptq_ctx.out_dir, gptq)},
                 int4_ctx)
     assert meta["format"] == "genai" and meta["quant_ops"].get("MatMulNBits", 0) > 0
+
+
+def test_native_steps_refuse_olive_packed_weights(tiny_llama_dir, tmp_path):
+    """Olive's Rtn/Gptq write `quant_method: olive` folders transformers would fill with random weights."""
+    import json
+    import shutil
+
+    from passes.hf.folders import refuse_packed_weights
+    from passes.hf.loading import load_model
+
+    packed = tmp_path / "packed"
+    shutil.copytree(tiny_llama_dir, packed)
+    config = json.loads((packed / "config.json").read_text())
+    (packed / "config.json").write_text(json.dumps({**config, "quantization_config": {"quant_method": "olive", "bits": 4}}))
+    with pytest.raises(PassError, match="packed quantized weights.*pass: ModelBuilder"):
+        load_model(packed, "causal-lm")
+    refuse_packed_weights(tiny_llama_dir, "anything")  # a plain folder passes
