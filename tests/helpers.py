@@ -27,6 +27,15 @@ def cli(*args: str) -> int:
     return main([str(a) for a in args])
 
 
+def default_signals() -> None:
+    """`preexec_fn` for children that tests interrupt: SIGINT back to its default. A shell that starts a
+    job in the background (`cmd &` without job control) makes it ignore SIGINT, and Python then never raises
+    KeyboardInterrupt: a Ctrl-C test would then see the run finish instead of stop."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def cli_subprocess(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run `pipeline ARGS` in a fresh interpreter (with the fake passes as a plugin)."""
     full_env = {**os.environ, "PIPELINE_PLUGINS": "tests.fakes", "PYTHONPATH": str(ROOT), **(env or {})}

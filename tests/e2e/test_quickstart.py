@@ -25,21 +25,21 @@ REDUCED = ["steps.sms.max_samples=1500", "steps.tune.max_steps=40", 'steps.tune.
 MINILM_LAYERS = 6
 
 
-def _run(folder):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "runner.cli", "run", str(RECIPE), "--cache-dir", str(folder / "cache"),
-           "--output", str(folder / "out")]
-    for item in REDUCED:
+def run_recipe(recipe, cache, out, settings=REDUCED):
+    """`pipeline run RECIPE --set ...` in a subprocess, offline."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OLIVE_DISABLE_TELEMETRY": "1"}
+    cmd = [sys.executable, "-m", "runner.cli", "run", str(recipe), "--cache-dir", str(cache), "--output", str(out)]
+    for item in settings:
         cmd += ["--set", item]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=3000)
 
 
 @pytest.fixture(scope="module")
-def quickstart(tmp_path_factory):
+def quickstart(tmp_path_factory, minilm_cache):
     folder = tmp_path_factory.mktemp("quickstart")
-    proc = _run(folder)
+    proc = run_recipe(RECIPE, minilm_cache, folder / "out")
     assert proc.returncode == 0, proc.stderr[-5000:]
-    return folder, proc, _run(folder)
+    return folder, proc, run_recipe(RECIPE, minilm_cache, folder / "out")
 
 
 @pytest.mark.slow

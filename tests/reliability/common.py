@@ -9,7 +9,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from tests.helpers import ROOT, write
+from tests.helpers import ROOT, default_signals, write
 
 #: What the suite tried (printed by conftest): kills, corrupt entries, damaged entries served, signals.
 TALLY: Counter = Counter()
@@ -47,7 +47,8 @@ def env(counter: Path | None = None) -> dict:
 def start(*args, counter: Path | None = None) -> subprocess.Popen:
     """`pipeline ARGS` in a new process (stdout and stderr piped)."""
     return subprocess.Popen([sys.executable, "-m", "runner.cli", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env(counter), cwd=ROOT)
+                            stderr=subprocess.PIPE, text=True, env=env(counter), cwd=ROOT,
+                            preexec_fn=default_signals)
 
 
 def snapshot(folder: Path, *own: Path) -> dict[str, str]:

@@ -9,7 +9,7 @@ import sys
 import time
 
 from runner.cache import Cache
-from tests.helpers import ROOT, fake_project
+from tests.helpers import ROOT, default_signals, fake_project
 
 
 def _start(wf, tmp_path, out: str, *extra):
@@ -18,7 +18,7 @@ def _start(wf, tmp_path, out: str, *extra):
     return subprocess.Popen(
         [sys.executable, "-m", "runner.cli", "run", str(wf), "--cache-dir", str(tmp_path / "cache"),
          "--output", str(tmp_path / out), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT, preexec_fn=default_signals,
     )
 
 
