@@ -200,6 +200,13 @@ def _collect(handler: Any, source: Artifact, ctx: StepContext) -> dict[str, Any]
 
                 script = resources("passes").joinpath("templates", GENAI_CHAT_SCRIPT).read_text(encoding="utf-8")
                 (ctx.out_dir / files.INFERENCE_SCRIPT).write_text(script, encoding="utf-8")
+            # The target's threads, as export_onnx writes them: without a setting genai decodes on one thread
+            # here (PERFORMANCE-NOTES: 108-114 -> 163 tokens/s with 2 on SmolLM2).
+            from passes.ort.genai_build import set_threads
+            from passes.ort.sessions import cpu_cores
+
+            facts["threads"] = ctx.target.threads or cpu_cores()
+            set_threads(ctx.out_dir, facts["threads"])
             _check_genai(ctx)
         else:
             if not (ctx.out_dir / files.INFERENCE_SCRIPT).exists() and facts["task"] != "causal-lm":

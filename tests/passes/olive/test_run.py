@@ -86,6 +86,10 @@ def test_model_builder_gives_a_genai_folder(tiny_chat_llama_dir, make_ctx):
     meta = _run(_step("ModelBuilder", {"precision": "fp32"}), {"model": source}, ctx)
     assert (ctx.out_dir / "genai_config.json").is_file() and (ctx.out_dir / "model.onnx").is_file()
     assert meta["format"] == "genai" and meta["task"] == "causal-lm"
+    import json
+
+    session = json.loads((ctx.out_dir / "genai_config.json").read_text())["model"]["decoder"]["session_options"]
+    assert session["intra_op_num_threads"] == meta["threads"] >= 1  # the target's threads, as export_onnx writes
     assert "onnxruntime_genai" in (ctx.out_dir / "inference.py").read_text()  # the chat loop, as export_onnx writes
     assert any("onnxruntime-genai loads the folder" in line for line in ctx.lines)  # the pass ran it
     import onnxruntime_genai as og
