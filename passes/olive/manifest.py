@@ -110,6 +110,13 @@ def param_entry(cfg: Any) -> dict[str, Any]:
     }
 
 
+def _members(names: set[str]) -> str:
+    """Union members in a canonical order (sorted, None last). Why: typing caches unions by equality, and
+    Union[a, b] == Union[b, a], so the order `get_args` returns depends on which equal union some other import
+    built first; the manifest must not change with import order."""
+    return " | ".join(sorted(names - {"None"}) + (["None"] if "None" in names else []))
+
+
 def type_text(tp: Any) -> str:
     """A readable type: `int`, `str | None`, `list[str]`, `dict[str, Any]`; an enum is the type of its values."""
     if tp is None:  # Olive leaves some parameters untyped: anything goes
@@ -119,9 +126,9 @@ def type_text(tp: Any) -> str:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin is typing.Union or type(tp).__name__ == "UnionType":
-        return " | ".join(dict.fromkeys(type_text(a) for a in args))
+        return _members({type_text(a) for a in args})
     if origin is typing.Literal:
-        return " | ".join(dict.fromkeys(type(a).__name__ for a in args))
+        return _members({type(a).__name__ for a in args})
     if origin in (list, tuple, set, dict):
         inner = ", ".join(type_text(a) for a in args)
         return f"{origin.__name__}[{inner}]" if inner else origin.__name__

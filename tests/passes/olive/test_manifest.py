@@ -81,3 +81,13 @@ def test_differences_name_the_passes_that_changed():
     assert gen.differences(old, new) == [
         "olive_version: committed '0.13.0', installed '0.14.0'", "A: x differ",
         "B: in the manifest, not in the installed Olive", "C: in the installed Olive, not in the manifest"]
+
+
+def test_type_text_does_not_depend_on_which_equal_union_was_built_first():
+    import typing
+
+    from passes.olive.manifest import type_text
+
+    first = typing.Union[str, list[str]]  # typing caches it: the next equal union comes back in this order
+    assert type_text(first) == type_text(typing.Optional[typing.Union[list[str], str]]).removesuffix(" | None")
+    assert type_text(typing.Optional[typing.Union[list[str], str]]) == "list[str] | str | None"
