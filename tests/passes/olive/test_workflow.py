@@ -52,3 +52,23 @@ def test_native_and_olive_steps_chain_cache_and_deploy(tmp_path, tiny_bert_class
     assert cli("plan", wf, "--cache-dir", cache, "--json") == 0
     rows = json.loads(capsys.readouterr().out)
     assert all(r["status"] == "cached" for r in rows)
+
+
+def test_a_failing_olive_step_exits_1_and_caches_nothing(tmp_path, tiny_llama_dir, capsys):
+    """Olive's Rtn refuses a group size that does not divide the layers (32 % 7): the run says so and exits 1."""
+    from runner.cache import Cache
+
+    wf = write(tmp_path, f"""
+        version: 1
+        name: olive-fails
+        steps:
+          base: {{type: model, path: {tiny_llama_dir}}}
+          rtn: {{type: olive, pass: Rtn, model: base, config: {{bits: 4, group_size: 7}}}}
+    """)
+    cache = tmp_path / "c"
+    assert cli("run", wf, "--cache-dir", cache, "--output", tmp_path / "out") == 1
+    out = capsys.readouterr()
+    assert "Olive's Rtn failed" in out.out + out.err and "Traceback" not in out.out + out.err
+    assert {e.step for e in Cache(cache).entries()} == {"base"}  # the failure left nothing in the cache
+    doc = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert doc["status"] == "failed" and doc["steps"]["rtn"]["status"] == "failed"
