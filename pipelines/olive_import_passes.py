@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from schemas.olive_manifest import olive_pass
+
 #: Keys of an Olive pass entry that are run settings, not pass parameters, with what happens to them.
 RUN_KEYS = {
     "host": "a per-pass host system: every step runs where `pipeline run` (or `pipeline submit`) runs it",
@@ -26,10 +28,6 @@ RUN_KEYS = {
 #: Olive's keys that name a data config.
 DATA_KEYS = ("data_config", "train_data_config", "calibration_data_config")
 #: Olive passes that take and return a PyTorch model (the rest of the unknown ones are taken to write ONNX).
-PYTORCH_PASSES = {"Gptq", "GptqModel", "GptqQuantizer", "AutoAWQQuantizer", "QuaRot", "SpinQuant", "Rtn", "SliceGPT",
-                  "SparseGPT", "SelectiveMixedPrecision", "AutoClip", "CaptureSplitInfo", "CaptureLayerAnnotations",
-                  "KQuant", "LoftQ", "DoRA", "LoHa", "LoKr", "AimetQuantization", "QuarkQuantization"}
-
 _OPT_LEVELS = {0: "none", 1: "basic", 2: "extended", 99: "all"}
 _QTYPES = {"QInt8": "qint8", "QUInt8": "quint8"}
 _ACTIVATIONS = {"QUInt8": "uint8", "QUInt16": "uint16"}
@@ -297,7 +295,8 @@ def _olive_step(step: str, kind: str, where: str, params: dict, chain: Chain) ->
         body["data"] = data
     if params:
         body["config"] = params
-    produced = "hf_model" if kind in PYTORCH_PASSES or kind == "MergeAdapterWeights" else "onnx_model"
+    entry = olive_pass(kind) or {}  # the manifest generated from Olive's own classes says what each pass produces
+    produced = entry.get("produces") or "onnx_model"
     chain.model, chain.kind = step, produced
     return Emitted(step, body, f"from {where}: Olive's {kind} pass, run as a step (no native step does the same job)")
 

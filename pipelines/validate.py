@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from schemas import StepConfig, Target, Workflow, WorkflowHeader, step_types
 from schemas.base import STEP_NAME_PATTERN, step_output_kind
 from schemas.errors import ConfigError, Issue
-from schemas.paths import PathResolutionError, is_package_uri, looks_like_hub_id, resolve_local_path
+from schemas.paths import PathResolutionError, looks_like_hub_id, resolve_local_path
 from schemas.suggest import did_you_mean
 from schemas.target import PROVIDER_SOURCES, TargetError, providers_from_packages, select_providers
 
@@ -171,7 +171,7 @@ def _check_paths(steps: dict[str, StepConfig], positions: Positions, folder: Pat
             value = getattr(cfg, fld)
             for i, item in enumerate(value if is_list else [value] if value is not None else []):
                 path = ("steps", name, fld) + ((i,) if is_list else ())
-                if spec.allow_remote and not is_package_uri(item) and looks_like_hub_id(item, folder):
+                if spec.allow_remote and looks_like_hub_id(item, folder):
                     continue  # a hub id: resolved (and reported if unreachable) when the step runs
                 try:
                     resolved = resolve_local_path(item, folder)

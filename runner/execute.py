@@ -20,7 +20,7 @@ from pipelines.validate import LoadedWorkflow
 from schemas import Target
 from schemas.base import step_output_kind
 from schemas.errors import ConfigError, Issue, PipelineError
-from schemas.paths import is_package_uri, looks_like_hub_id, resolve_local_path
+from schemas.paths import looks_like_hub_id, resolve_local_path
 from schemas.suggest import did_you_mean
 from schemas.workflow import LOGS_DIR
 
@@ -92,7 +92,7 @@ def step_target(loaded: LoadedWorkflow, name: str) -> Target:
 
 
 def _external_digest(value: str, allow_remote: bool, folder: Path, cache: Cache, revision: str | None) -> Any:
-    if allow_remote and not is_package_uri(value) and looks_like_hub_id(value, folder):
+    if allow_remote and looks_like_hub_id(value, folder):
         return {"hub": value, "revision": _hub_commit(value, revision)}
     return cache.fingerprints.digest(resolve_local_path(value, folder))
 

@@ -18,7 +18,6 @@ has returned a model; if copying or checking it fails, the folder is emptied aga
 from __future__ import annotations
 
 import contextlib
-import difflib
 import io
 import logging
 import os
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.steps.olive import OliveConfig
+from schemas.suggest import did_you_mean
 
 from passes.base import Artifact, Pass, PassError, StepContext
 from passes.ort import files
@@ -89,8 +89,8 @@ def _pass_class(name: str) -> type:
     # Olive keys its registry in lower case; the class name at the end of module_path is the real spelling.
     known = {k.lower(): v.module_path.rsplit(".", 1)[-1] for k, v in package.passes.items()}
     if name.lower() not in known:
-        close = difflib.get_close_matches(name, list(known.values()), n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        close = did_you_mean(name, known.values())
+        hint = f" ({close})" if close else ""
         raise PassError(f"Olive has no pass {name!r}{hint}; `pipeline passes olive` lists them")
     try:
         return package.import_pass_module(known[name.lower()])
@@ -132,8 +132,8 @@ def _build(pass_cls: type, options: dict[str, Any], ctx: StepContext) -> Any:
     known = pass_cls.default_config(spec)
     for key in options:  # Olive drops unknown keys with a warning: a typo would silently run the defaults
         if key not in known:
-            close = difflib.get_close_matches(key, list(known), n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            close = did_you_mean(key, known)
+            hint = f" ({close})" if close else ""
             raise PassError(f"Olive's {pass_cls.__name__} has no parameter {key!r}{hint}; it takes "
                             f"{', '.join(sorted(known))}")
     try:

@@ -19,7 +19,7 @@ from pipelines.validate import LoadedWorkflow
 from schemas.azureml import AzureML
 from schemas.base import step_output_kind
 from schemas.errors import PipelineError
-from schemas.paths import PathResolutionError, is_package_uri, looks_like_hub_id, resolve_local_path
+from schemas.paths import PathResolutionError, looks_like_hub_id, resolve_local_path
 
 #: Where the workflow file sits inside the uploaded code snapshot.
 WORKFLOW_DIR = "workflow"
@@ -152,7 +152,7 @@ def find_sources(loaded: LoadedWorkflow, settings: AzureML, reserved: Iterable[s
                 out.append(Source(io_name(f"{step}_{fld}", taken), step, fld, None, kind, remote[(step, fld)]))
                 continue
             for i, item in enumerate(value if is_list else [value]):
-                if spec.allow_remote and not is_package_uri(item) and looks_like_hub_id(item, loaded.folder):
+                if spec.allow_remote and looks_like_hub_id(item, loaded.folder):
                     continue  # a hub id: the remote job downloads it
                 path = resolve_local_path(item, loaded.folder)
                 name = io_name(f"{step}_{fld}" + (f"_{i}" if is_list else ""), taken)

@@ -110,7 +110,7 @@ def test_a_config_olive_rejects_is_a_pass_error(tiny_onnx_classifier, make_ctx):
     with pytest.raises(PassError, match=r"Olive refused the config of OnnxDynamicQuantization: precision: Input should be 'int4'.*\(got 'int3'\)$"):
         _run(_unchecked_step("OnnxDynamicQuantization", {"precision": "int3"}), {"model": tiny_onnx_classifier}, ctx)
     # Olive itself only warns about an unknown key and runs the defaults: here it is an error
-    with pytest.raises(PassError, match="no parameter 'per_chanel'.*did you mean per_channel"):
+    with pytest.raises(PassError, match="no parameter 'per_chanel'.*did you mean 'per_channel'"):
         _run(_unchecked_step("OnnxDynamicQuantization", {"per_chanel": True}), {"model": tiny_onnx_classifier}, ctx)
     assert _leftovers(ctx.out_dir) == []
 
@@ -127,7 +127,7 @@ def test_a_pass_that_returns_no_model_fails(tiny_onnx_classifier, make_ctx, monk
 
 def test_unknown_pass_and_data_for_a_pass_without_data(tiny_onnx_classifier, tiny_dataset, make_ctx):
     ctx = make_ctx("unknown")
-    with pytest.raises(PassError, match="no pass 'OnnxDynamicQuantisation'.*did you mean OnnxDynamicQuantization"):
+    with pytest.raises(PassError, match="no pass 'OnnxDynamicQuantisation'.*did you mean 'OnnxDynamicQuantization'"):
         _run(_unchecked_step("OnnxDynamicQuantisation", {}), {"model": tiny_onnx_classifier}, ctx)
     with pytest.raises(PassError, match="takes no data"):
         step = _unchecked_step("OnnxDynamicQuantization", {}).model_copy(update={"data": "data"})
