@@ -26,11 +26,13 @@ meta may carry `summary` (one line the runner prints when the step ends) and `me
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Iterator, Protocol, TypeVar
 
 from schemas import StepConfig, Target
 from schemas.errors import PipelineError
@@ -72,6 +74,9 @@ class StepContext(Protocol):
     out_dir: Path
     target: Target
     workflow_dir: Path
+    #: When the run is tracked: the environment variables that point a library's own tracking integration
+    #: (the Trainer's MLflow callback) at this step's run (`MLFLOW_RUN_ID`, ...); empty otherwise.
+    tracking: dict[str, str]
 
     def log(self, message: str) -> None:
         """Write a line to the console and the run log."""
@@ -100,6 +105,27 @@ class Pass(Generic[C]):
     def run(self, inputs: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
         """Do the work: read `inputs` ({field: Artifact or [Artifact]}), write under `ctx.out_dir`, return meta."""
         raise NotImplementedError
+
+
+@contextlib.contextmanager
+def tracking_environment(ctx: StepContext) -> Iterator[bool]:
+    """Inside: `ctx.tracking` in the environment, for integrations that read it there (the Trainer's MLflow
+    callback); yields whether the step is tracked. Restores the environment after, and ends a run such an
+    integration left active when the work failed (the next step's integration could not start its own)."""
+    env = dict(getattr(ctx, "tracking", None) or {})
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield bool(env)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        mlflow = sys.modules.get("mlflow") if env else None
+        if mlflow is not None and mlflow.active_run() is not None:
+            mlflow.end_run()  # the runner sets the run's final status from the step's
 
 
 # --- a plain context, for tests, notebooks and the runner's base ------------------------------------
@@ -139,6 +165,7 @@ class SimpleContext:
     workflow_dir: Path = field(default_factory=Path.cwd)
     lines: list[str] = field(default_factory=list)
     quiet: bool = False
+    tracking: dict[str, str] = field(default_factory=dict)
 
     def log(self, message: str) -> None:
         stamp = time.strftime("%H:%M:%S")

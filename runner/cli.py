@@ -70,7 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     loaded = _load(args)
     options = RunOptions(cache_dir=args.cache_dir, output=args.output, force=args.force or (),
-                         only=args.only or (), fail_fast=args.fail_fast, quiet=args.quiet)
+                         only=args.only or (), fail_fast=args.fail_fast, quiet=args.quiet, track=args.track)
     result = run_workflow(loaded, options)
     return result.exit_code
 
@@ -283,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, help="the artifact cache (default $XDG_CACHE_HOME/pipeline)")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failing step")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors (the log file still gets everything)")
+    p.add_argument("--track", type=_track_flag, metavar="mlflow[:URI]|none",
+                   help="log the run to MLflow (default store: OUTPUT/mlflow/mlflow.db, or $MLFLOW_TRACKING_URI); "
+                   "over the workflow's `tracking:`; `none` turns it off")
 
     p = workflow_cmd("step", "run one step from its inputs' artifacts (what each Azure ML pipeline node runs)", cmd_step)
     p.add_argument("step", help="the step to run")
@@ -326,6 +329,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--yes", action="store_true", help="do not ask")
     p.set_defaults(func=cmd_cache)
     return parser
+
+
+def _track_flag(text: str) -> str:
+    """`--track`'s value, checked while parsing (a bad one is an argument error, exit 2)."""
+    from schemas.tracking import parse_track_flag
+
+    try:
+        parse_track_flag(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _submit_parser(p: argparse.ArgumentParser) -> None:

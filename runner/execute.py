@@ -31,13 +31,16 @@ from .keys import KeyParts, explain_change, key_parts
 from .records import RunOptions, RunResult, StepRecord
 from .preflight import check_cache_dir, prepare_output_dir
 from .report import OutputError, copy_outputs, write_run_files
+from .tracking import NOT_TRACKED, RunObserver, open_tracking
 
 
 class RunnerContext:
     """The `StepContext` the runner gives a pass."""
 
-    def __init__(self, step: str, out_dir: Path, target: Target, workflow_dir: Path, console: RunConsole):
+    def __init__(self, step: str, out_dir: Path, target: Target, workflow_dir: Path, console: RunConsole,
+                 tracking: dict[str, str] | None = None):
         self.step, self.out_dir, self.target, self.workflow_dir = step, out_dir, target, workflow_dir
+        self.tracking = tracking or {}  # the step's MLflow run, for the Trainer's own MLflow callback
         self._console = console
 
     def log(self, message: str) -> None:
@@ -147,10 +150,12 @@ def run_workflow(loaded: LoadedWorkflow, options: RunOptions) -> RunResult:
     def rebuild(step: str) -> None:
         """Build again a step whose artifact was found damaged (and quarantined) after it was looked up."""
         artifacts.pop(step, None)
-        _run_step(loaded, step, order.index(step) + 1, len(order), records[step], artifacts, cache, console, False, rebuild)
+        _run_step(loaded, step, order.index(step) + 1, len(order), records[step], artifacts, cache, console, False, rebuild,
+                  observer)
     console.line(f"workflow {loaded.workflow.name}: {len(order)} steps, cache {cache.root}")
     for w in loaded.warnings:
         console.line(w.format(), style="yellow")
+    observer = open_tracking(loaded, options, out_dir, console)
     try:
         for i, name in enumerate(order, 1):
             record = records[name]
@@ -162,7 +167,8 @@ def run_workflow(loaded: LoadedWorkflow, options: RunOptions) -> RunResult:
             if status == "failed" and options.fail_fast:
                 record.status, record.error = "skipped", "--fail-fast: an earlier step failed"
                 continue
-            _run_step(loaded, name, i, len(order), record, artifacts, cache, console, name in options.force, rebuild)
+            _run_step(loaded, name, i, len(order), record, artifacts, cache, console, name in options.force, rebuild,
+                      observer)
             if record.status == "failed":
                 status = "failed"
         _check_outputs(loaded, artifacts, cache, console, rebuild)
@@ -185,6 +191,7 @@ def run_workflow(loaded: LoadedWorkflow, options: RunOptions) -> RunResult:
             console.line(str(exc), style="red")
     result = RunResult(status, records, out_dir, started, time.time(), stopped_by)
     write_run_files(loaded, result, artifacts, options)
+    observer.run_finished(result)
     verdict = {"ok": "finished", "failed": "FAILED", "interrupted": "interrupted", "goals_missed": "finished, GOALS MISSED"}[status]
     failed = [r.name for r in records.values() if r.status == "failed"]
     console.line(
@@ -209,7 +216,8 @@ def _check_names(loaded: LoadedWorkflow, options: RunOptions) -> None:
 
 
 def _run_step(loaded: LoadedWorkflow, name: str, i: int, n: int, record: StepRecord, artifacts: dict[str, Artifact],
-              cache: Cache, console: RunConsole, force: bool, rebuild: Callable[[str], None] | None = None) -> None:
+              cache: Cache, console: RunConsole, force: bool, rebuild: Callable[[str], None] | None = None,
+              observer: RunObserver = NOT_TRACKED) -> None:
     """Find the step in the cache or build it. With `rebuild`, the inputs of a step about to run get a full
     check first, and a damaged one is quarantined and rebuilt (then this step's key is computed again)."""
     head = f"[{i}/{n}] {name} ({record.type})"
@@ -238,7 +246,8 @@ def _run_step(loaded: LoadedWorkflow, name: str, i: int, n: int, record: StepRec
                 artifact = None if force else cache.lookup(key, on_damage=report, locked=True)
                 if artifact is None:
                     console.line(f"{head}: started ({key[:12]})", style="bold")
-                    artifact = _build(loaded, name, key, parts, cache, console, force, artifacts)
+                    artifact = _build(loaded, name, key, parts, cache, console, force, artifacts,
+                                      observer.step_started(name, key))
                     record.status = "ran"
             break
         else:
@@ -255,6 +264,7 @@ def _run_step(loaded: LoadedWorkflow, name: str, i: int, n: int, record: StepRec
         record.error = _describe(exc)
         console.write_log(traceback.format_exc())
         console.line(f"{head}: FAILED after {record.seconds:.1f} s: {record.error}", style="red")
+        observer.step_finished(record, None)
         return
     record.seconds = time.monotonic() - t0
     artifacts[name] = artifact
@@ -265,6 +275,7 @@ def _run_step(loaded: LoadedWorkflow, name: str, i: int, n: int, record: StepRec
         console.line(f"{head}: cached ({key[:12]}){tail}", style="dim")
     else:
         console.line(f"{head}: finished in {record.seconds:.1f} s ({key[:12]}){tail}", style="green")
+    observer.step_finished(record, artifact)
 
 
 def _damage_reporter(console: RunConsole) -> DamageReport:
@@ -307,7 +318,7 @@ def _check_outputs(loaded: LoadedWorkflow, artifacts: dict[str, Artifact], cache
 
 
 def _build(loaded: LoadedWorkflow, name: str, key: str, parts: KeyParts, cache: Cache, console: RunConsole,
-           replace: bool, artifacts: dict[str, Artifact]) -> Artifact:
+           replace: bool, artifacts: dict[str, Artifact], tracking: dict[str, str] | None = None) -> Artifact:
     config = loaded.workflow.steps[name]
     pass_cls = get_pass(config.step_type())
     inputs: dict[str, Any] = {}
@@ -315,7 +326,7 @@ def _build(loaded: LoadedWorkflow, name: str, key: str, parts: KeyParts, cache: 
         found = [artifacts[t] for t in targets]
         inputs[fld] = found if config.reference_fields()[fld][1] else found[0]
     with cache.workdir(key) as work:
-        ctx = RunnerContext(name, work / "data", step_target(loaded, name), loaded.folder, console)
+        ctx = RunnerContext(name, work / "data", step_target(loaded, name), loaded.folder, console, tracking)
         meta = pass_cls(config).run(inputs, ctx)
         if not isinstance(meta, dict):
             raise TypeError(f"{pass_cls.__name__}.run must return a dict of metadata, not {type(meta).__name__}")

@@ -21,6 +21,7 @@ class RunOptions:
     only: Sequence[str] = ()
     fail_fast: bool = False
     quiet: bool = False
+    track: str | None = None  # --track: "mlflow", "mlflow:URI" or "none" (over the workflow's `tracking:`)
 
 
 @dataclass

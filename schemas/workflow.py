@@ -1,4 +1,4 @@
-"""The workflow file's top level: version, name, description, target, steps and outputs."""
+"""The workflow file's top level: version, name, description, target, steps, outputs, azureml and tracking."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ from typing_extensions import Annotated
 from .azureml import AzureML
 from .base import StepConfig, StepName, StrictModel
 from .target import DEFAULT_PROVIDERS, Device, StepTarget, Target  # noqa: F401  (re-exported)
+from .tracking import Tracking
 
 SUPPORTED_VERSIONS = (1,)
 
 #: What `pipeline run` itself writes into the output folder (runner/report.py and runner/execute.py
 #: take the names from here). An `outputs:` entry of the same name would replace them, or be replaced.
-RUN_JSON, REPORT_MD, LOGS_DIR, REPORTS_DIR = "run.json", "report.md", "logs", "reports"
-RUN_FILES = (RUN_JSON, REPORT_MD, LOGS_DIR, REPORTS_DIR)
+#: `mlflow/` holds the local MLflow store of a tracked run (runner/tracking.py).
+RUN_JSON, REPORT_MD, LOGS_DIR, REPORTS_DIR, MLFLOW_DIR = "run.json", "report.md", "logs", "reports", "mlflow"
+RUN_FILES = (RUN_JSON, REPORT_MD, LOGS_DIR, REPORTS_DIR, MLFLOW_DIR)
 
 #: One plain file name: no `/` or `\`, not `.` or `..`, no leading dot (the run's temporary and
 #: hidden files start with one), at most 64 characters.
@@ -59,6 +61,9 @@ class WorkflowHeader(StrictModel):
         default_factory=AzureML,
         description="Where and how `pipeline submit` runs the workflow in Azure ML (optional; flags override it).",
     )
+    tracking: Tracking | None = Field(
+        None, description="Log each run to MLflow: the run, each step as a nested run (optional; `--track` overrides it).",
+    )
 
     @field_validator("version")
     @classmethod
@@ -78,3 +83,4 @@ class Workflow(StrictModel):
     steps: dict[str, StepConfig]
     outputs: dict[str, str]
     azureml: AzureML = Field(default_factory=AzureML)  # a factory: no model is built while importing
+    tracking: Tracking | None = None

@@ -18,7 +18,7 @@ from schemas.steps import TrainingSettings
 
 from passes.hf.loading import classification_metrics
 from passes.train.data import BUCKET_BATCHES, collator_for, length_bucket_sampler
-from passes.base import PassError, StepContext
+from passes.base import PassError, StepContext, tracking_environment
 
 # --- the Trainer -------------------------------------------------------------------------------------
 
@@ -28,7 +28,7 @@ def _metric_key(cfg: TrainingSettings) -> tuple[str, bool]:
     return cfg.metric_for_best_model, cfg.metric_for_best_model != "loss"
 
 
-def training_arguments(cfg: TrainingSettings, task: str, has_eval: bool, scratch: Path) -> Any:
+def training_arguments(cfg: TrainingSettings, task: str, has_eval: bool, scratch: Path, report_to: Any = "none") -> Any:
     """`TrainingArguments` with every TrainingSettings field mapped.
 
     When the run evaluates, the best evaluation's weights (by `metric_for_best_model`) are the result,
@@ -82,7 +82,7 @@ def training_arguments(cfg: TrainingSettings, task: str, has_eval: bool, scratch
         use_cpu=not cuda,
         dataloader_pin_memory=cuda,
         disable_tqdm=True,
-        report_to="none",
+        report_to=report_to,  # ["mlflow"] when the run is tracked (see tracking_environment)
     )
     try:
         return TrainingArguments(**kwargs)
@@ -183,7 +183,7 @@ def _run(model: Any, tokenizer: Any, task: str, train: Any, validation: Any, cfg
     from transformers import PrinterCallback
 
     with tempfile.TemporaryDirectory(prefix="pipeline-train-") as scratch:
-        args = training_arguments(cfg, task, has_eval, Path(scratch))
+        args = training_arguments(cfg, task, has_eval, Path(scratch), ["mlflow"] if getattr(ctx, "tracking", None) else "none")
         callbacks = _callbacks(ctx, cfg, has_eval)
         trainer = _bucketed_trainer_class()(
             model=model, args=args, train_dataset=train, eval_dataset=validation if has_eval else None,
@@ -195,7 +195,7 @@ def _run(model: Any, tokenizer: Any, task: str, train: Any, validation: Any, cfg
         trainer.remove_callback(PrinterCallback)
         start = time.perf_counter()
         try:
-            with warnings.catch_warnings():
+            with tracking_environment(ctx), warnings.catch_warnings():
                 # Checkpoint rotation warns on filesystems with coarse mtimes; harmless, it sorts by step.
                 warnings.filterwarnings("ignore", message="mtime may not be reliable")
                 result = trainer.train()
