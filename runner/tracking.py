@@ -203,10 +203,12 @@ class MlflowTracker(RunObserver):
             requests.get(self.uri.rstrip("/") + "/health", timeout=5)  # any answer will do: it is there
 
     def _experiment_id(self) -> str:
-        """The experiment named after the workflow, created on first use (a local store keeps artifacts beside it)."""
+        """The experiment named after the workflow, created on first use. An SQLite store keeps its artifacts in
+        `artifacts/` beside its file (MLflow's default, `./mlruns` in the current folder, would scatter them)."""
         found = self.client.get_experiment_by_name(self.experiment)
         if found is None:
-            location = (self.store / "artifacts").resolve().as_uri() if self.local else None
+            db = self.uri.removeprefix("sqlite:///") if self.uri.startswith("sqlite:///") else None
+            location = (Path(db).parent / "artifacts").resolve().as_uri() if db and db != ":memory:" else None
             try:
                 return self.client.create_experiment(self.experiment, artifact_location=location)
             except Exception:  # noqa: BLE001 - another run created it meanwhile

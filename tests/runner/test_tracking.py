@@ -158,6 +158,8 @@ def test_a_failed_step_is_a_failed_run_and_the_steps_behind_it_are_skipped(tmp_p
     assert (df.loc["bad", "status"], df.loc["bad", "tags.pipeline.status"]) == ("FAILED", "failed")
     assert df.loc["bad", "tags.pipeline.error"] == "asked to fail"
     assert (df.loc["after", "status"], df.loc["after", "tags.pipeline.status"]) == ("KILLED", "skipped")
+    # artifacts beside the SQLite file, not in MLflow's default ./mlruns of the current folder
+    assert df.loc["failing", "artifact_uri"].startswith((Path(mlflow_store.removeprefix("sqlite:///")).parent / "artifacts").as_uri())
 
 
 def _closed_port() -> int:
