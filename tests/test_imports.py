@@ -16,7 +16,7 @@ import pytest
 from tests.helpers import ROOT, fake_project
 
 HEAVY = ["torch", "transformers", "peft", "onnx", "onnxruntime", "onnxruntime_genai", "optimum", "datasets", "sklearn",
-         "olive"]
+         "olive", "mlflow"]
 #: Libraries that are light enough for a run but that a quick answer must not wait for.
 ENGINE = ["networkx", "pydantic", "rich", "yaml"]
 OUR_PACKAGES = ("schemas", "pipelines", "passes", "runner")
