@@ -79,6 +79,8 @@ def project(folder: Path, tracking: str = "") -> Path:
 
 
 def runs(uri: str, experiment: str = "tracked"):
+    """`mlflow.search_runs` of one experiment in the store at `uri`, oldest first."""
+    mlflow.set_tracking_uri(uri)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return mlflow.search_runs(experiment_names=[experiment], order_by=["start_time ASC"])
@@ -114,7 +116,6 @@ def test_a_tracked_run_and_its_cached_rerun_read_back_from_the_local_store(tmp_p
     assert db.is_file()
     log = (out / "logs" / "run.log").read_text()
     assert f"mlflow ui --backend-store-uri sqlite:///{db}" in log
-    mlflow.set_tracking_uri(f"sqlite:///{db}")
     df = runs(f"sqlite:///{db}")
     parents = df[df["tags.mlflow.parentRunId"].isna()]
     assert list(parents["tags.mlflow.runName"]) == ["tracked", "tracked"]
@@ -152,7 +153,6 @@ def test_a_failed_step_is_a_failed_run_and_the_steps_behind_it_are_skipped(tmp_p
     """)
     assert cli("run", wf, "--cache-dir", tmp_path / "c", "--output", tmp_path / "o", "--quiet", "--track",
                f"mlflow:{mlflow_store}") == 1
-    mlflow.set_tracking_uri(mlflow_store)
     df = runs(mlflow_store, "failing").set_index("tags.mlflow.runName")
     assert df.loc["failing", "status"] == "FAILED" and df.loc["failing", "metrics.steps_failed"] == 1
     assert (df.loc["bad", "status"], df.loc["bad", "tags.pipeline.status"]) == ("FAILED", "failed")
@@ -160,6 +160,22 @@ def test_a_failed_step_is_a_failed_run_and_the_steps_behind_it_are_skipped(tmp_p
     assert (df.loc["after", "status"], df.loc["after", "tags.pipeline.status"]) == ("KILLED", "skipped")
     # artifacts beside the SQLite file, not in MLflow's default ./mlruns of the current folder
     assert df.loc["failing", "artifact_uri"].startswith((Path(mlflow_store.removeprefix("sqlite:///")).parent / "artifacts").as_uri())
+
+
+def test_inside_an_azure_ml_job_the_steps_nest_under_the_jobs_run(tmp_path, monkeypatch, mlflow_store):
+    """Azure ML sets MLFLOW_TRACKING_URI and the job's MLFLOW_RUN_ID: the steps are nested runs of the job's run,
+    which Azure ML ends (the run leaves its status alone)."""
+    client = mlflow.MlflowClient(mlflow_store)
+    job = client.create_run(client.create_experiment("azureml-job"), run_name="job")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
+    monkeypatch.setenv("MLFLOW_RUN_ID", job.info.run_id)
+    wf = project(tmp_path, "tracking: {backend: mlflow}")
+    assert cli("run", wf, "--cache-dir", tmp_path / "c", "--output", tmp_path / "o", "--quiet") == 0
+    df = runs(mlflow_store, "azureml-job").set_index("tags.mlflow.runName")
+    assert set(df.index) == {"job", "src", "a", "report"}
+    assert set(df.loc[["src", "a", "report"], "tags.mlflow.parentRunId"]) == {job.info.run_id}
+    assert df.loc["job", "status"] == "RUNNING" and df.loc["job", "metrics.steps_ran"] == 3
+    assert not (tmp_path / "o" / "mlflow").exists()
 
 
 def _closed_port() -> int:
@@ -244,7 +260,6 @@ def test_a_training_step_logs_its_loss_curve_through_the_trainer(tmp_path, tiny_
     """)
     assert cli("run", wf, "--cache-dir", tmp_path / "c", "--output", tmp_path / "o", "--quiet",
                "--track", f"mlflow:{mlflow_store}") == 0
-    mlflow.set_tracking_uri(mlflow_store)
     df = runs(mlflow_store, "tracked-training").set_index("tags.mlflow.runName")
     tune = df.loc["tune"]
     client = mlflow.MlflowClient(mlflow_store)
