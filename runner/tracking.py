@@ -106,6 +106,8 @@ def flat_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
 def step_metrics(meta: dict[str, Any]) -> dict[str, float]:
     """The numbers a step reported: its `metrics` (`model/metric` for an evaluation's per-model results) and its
     goals (`goals/met`, `goals/total`, and 1 or 0 per goal as `goals/MODEL/METRIC`)."""
+    from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH
+
     metrics: dict[str, float] = {}
 
     def add(value: Any, name: str) -> None:
@@ -113,7 +115,7 @@ def step_metrics(meta: dict[str, Any]) -> dict[str, float]:
             for key, sub in value.items():
                 add(sub, f"{name}/{key}" if name else str(key))
         elif isinstance(value, (bool, int, float)) and math.isfinite(float(value)):
-            metrics[_NAME_CHARS.sub("_", name)[:250]] = float(value)
+            metrics[_NAME_CHARS.sub("_", name)[:MAX_ENTITY_KEY_LENGTH]] = float(value)
 
     add(meta.get("metrics") or {}, "")
     goals = meta.get("goals") or []
@@ -131,6 +133,11 @@ def report_files(folder: Path) -> list[Path]:
         return []
     return sorted(p for p in folder.iterdir() if p.is_file() and (p.name in REPORT_NAMES or p.suffix in REPORT_SUFFIXES)
                   and p.stat().st_size <= MAX_REPORT_BYTES)
+
+
+def _shown(uri: str) -> str:
+    """A URI as the console may show it: without the password of `https://user:password@host`."""
+    return re.sub(r"//[^/@]*:[^/@]*@", "//***@", uri)
 
 
 class MlflowTracker(RunObserver):
@@ -164,7 +171,7 @@ class MlflowTracker(RunObserver):
                 self.failed = True
                 detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 self.console.line(f"tracking: {what} failed ({type(exc).__name__}: {detail[:300]}); "
-                                  f"the run goes on without tracking (tracking URI {self.uri})", style="yellow")
+                                  f"the run goes on without tracking (tracking URI {_shown(self.uri)})", style="yellow")
 
     def start(self) -> bool:
         """Import MLflow, reach the store and open the workflow's run; False (said once) when that fails."""
@@ -241,6 +248,8 @@ class MlflowTracker(RunObserver):
         if self.failed:
             return
         with self._guard(f"logging step {record.name}"):
+            # what a pass's own integration logged in the step's run (the Trainer's final train_loss) stays as it is
+            known = self.client.get_run(run_id).data.metrics if run_id else {}
             run_id = run_id or self._step_run(record.name, record.key)
             config = self.loaded.workflow.steps[record.name].model_dump(mode="json", exclude={"type"})
             tags = {"mlflow.runName": record.name, "pipeline.status": record.status, "pipeline.type": record.type,
@@ -252,7 +261,7 @@ class MlflowTracker(RunObserver):
             metrics = step_metrics(record.meta)
             if record.status == "ran":
                 metrics["step_seconds"] = round(record.seconds, 3)
-            self._log(run_id, params=flat_params(config), tags=tags, metrics=metrics)
+            self._log(run_id, params=flat_params(config), tags=tags, metrics={k: v for k, v in metrics.items() if k not in known})
             for path in report_files(artifact.path) if artifact is not None else []:
                 self.client.log_artifact(run_id, str(path))
             self.client.set_terminated(run_id, RUN_STATUS.get(record.status, "FINISHED"))
@@ -282,8 +291,8 @@ class MlflowTracker(RunObserver):
         if self.local:
             return f"view it with: mlflow ui --backend-store-uri {self.uri}"
         if self.uri.startswith(("http://", "https://")):
-            return f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
-        return f"tracking URI {self.uri}"
+            return f"{_shown(self.uri).rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        return f"tracking URI {_shown(self.uri)}"
 
     def _log(self, run_id: str, params: dict[str, str] | None = None, tags: dict[str, str] | None = None,
              metrics: dict[str, float] | None = None) -> None:

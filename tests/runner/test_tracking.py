@@ -266,6 +266,8 @@ def test_a_training_step_logs_its_loss_curve_through_the_trainer(tmp_path, tiny_
     loss = client.get_metric_history(tune["run_id"], "loss")
     assert [m.step for m in sorted(loss, key=lambda m: m.step)] == [1, 2, 3, 4]
     assert {m.step for m in client.get_metric_history(tune["run_id"], "eval_loss")} == {2, 4}
+    # the step's own metrics join them; the final train_loss the Trainer logged is not logged a second time
+    assert len(client.get_metric_history(tune["run_id"], "train_loss")) == 1 and tune["metrics.val_loss"] > 0
     # our config is the params (the Trainer's own are left out: MLflow refuses a param logged twice)
     assert tune["params.max_steps"] == "4" and "params.per_device_train_batch_size" not in df
     assert tune["status"] == "FINISHED" and tune["tags.pipeline.status"] == "ran"
