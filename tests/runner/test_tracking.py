@@ -93,6 +93,7 @@ def tracking_uri(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     yield
     mlflow.set_tracking_uri(None)
+    assert not Path("mlruns").exists(), "MLflow's default artifact folder appeared in the current folder"
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +167,7 @@ def test_inside_an_azure_ml_job_the_steps_nest_under_the_jobs_run(tmp_path, monk
     """Azure ML sets MLFLOW_TRACKING_URI and the job's MLFLOW_RUN_ID: the steps are nested runs of the job's run,
     which Azure ML ends (the run leaves its status alone)."""
     client = mlflow.MlflowClient(mlflow_store)
-    job = client.create_run(client.create_experiment("azureml-job"), run_name="job")
+    job = client.create_run(client.create_experiment("azureml-job", (tmp_path / "job").as_uri()), run_name="job")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
     monkeypatch.setenv("MLFLOW_RUN_ID", job.info.run_id)
     wf = project(tmp_path, "tracking: {backend: mlflow}")
