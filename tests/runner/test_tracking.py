@@ -206,6 +206,9 @@ def test_track_flag_is_checked_and_tracking_fields_are_validated(tmp_path, capsy
     wf = project(tmp_path, "tracking: {backend: wandb}")
     assert cli("validate", wf) == 2
     assert "wf.yaml:3:" in capsys.readouterr().err
+    wf = write(tmp_path, WORKFLOW.format(tracking="").replace("text: a", "mlflow: a"))  # the store's folder
+    assert cli("validate", wf) == 2
+    assert "output name 'mlflow' is taken" in capsys.readouterr().err
     wf = project(tmp_path)
     with pytest.raises(SystemExit) as exc:
         cli("run", wf, "--track", "wandb")
