@@ -72,6 +72,9 @@ class StepContext(Protocol):
     out_dir: Path
     target: Target
     workflow_dir: Path
+    #: A folder for resumable work (training checkpoints) that outlives a killed run: the runner keys it by the
+    #: step's cache key, keeps it while the step is not committed and removes it once it is. None: no such folder.
+    checkpoint_dir: Path | None
 
     def log(self, message: str) -> None:
         """Write a line to the console and the run log."""
@@ -137,6 +140,7 @@ class SimpleContext:
     out_dir: Path
     target: Target = field(default_factory=Target)
     workflow_dir: Path = field(default_factory=Path.cwd)
+    checkpoint_dir: Path | None = None
     lines: list[str] = field(default_factory=list)
     quiet: bool = False
 

@@ -74,8 +74,9 @@ def _cache_gc(cache: Cache, args: argparse.Namespace, out: Any, err: Any) -> int
     for e in removed:
         out.print(f"{verb} {e.key[:12]} {e.step} ({format_size(e.size)}, last used {format_age(e.last_used)})", markup=False)
     for s in stale:
-        out.print(f"{verb} {s.path} ({format_size(s.size)}, work of a run that is gone)", markup=False)
-    out.print(f"{verb} {len(removed)} artifacts, {format_size(size)}; {len(stale)} abandoned temporary folders, "
+        why = "checkpoints no run will resume" if s.path.parent == cache.checkpoints else "work of a run that is gone"
+        out.print(f"{verb} {s.path} ({format_size(s.size)}, {why})", markup=False)
+    out.print(f"{verb} {len(removed)} artifacts, {format_size(size)}; {len(stale)} abandoned temporary or checkpoint folders, "
               f"{format_size(sum(s.size for s in stale))}", markup=False)
     return EXIT_OK
 

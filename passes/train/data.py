@@ -247,6 +247,10 @@ def length_bucket_sampler(lengths: list[int], batch_size: int, seed: int, bucket
         def __init__(self) -> None:
             self.epoch = 0
 
+        def set_epoch(self, epoch: int) -> None:
+            """The Trainer names each epoch (accelerate passes it on): a run resumed in epoch 3 draws epoch 3's order."""
+            self.epoch = epoch
+
         def __len__(self) -> int:
             return len(lengths)
 

@@ -136,8 +136,10 @@ class Lora(Pass[LoraConfig]):
         peft_config = PeftLoraConfig(
             task_type=TaskType.SEQ_CLS if task == "text-classification" else TaskType.CAUSAL_LM,
             r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
+            use_dora=cfg.use_dora, use_rslora=cfg.use_rslora, bias=cfg.bias,
             # New weights train in full (a random head cannot be low-rank-adapted) and are saved with the adapter.
-            modules_to_save=new_modules or None, exclude_modules=new_modules or None,
+            modules_to_save=list(dict.fromkeys(new_modules + (cfg.modules_to_save or []))) or None,
+            exclude_modules=new_modules or None,
         )
         try:
             model = get_peft_model(model, peft_config)
@@ -162,7 +164,8 @@ class Lora(Pass[LoraConfig]):
             "model_type": model.config.model_type,
             "base_architecture": base.meta.get("architecture"),
             "target_modules": targets,
-            "modules_to_save": new_modules,
+            "modules_to_save": list(dict.fromkeys(new_modules + (cfg.modules_to_save or []))),
+            "lora_options": {"use_dora": cfg.use_dora, "use_rslora": cfg.use_rslora, "bias": cfg.bias},
             "trainable_parameters": trainable,
             "train_metrics": tm,
             "eval_metrics": em,
