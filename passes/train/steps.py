@@ -72,7 +72,7 @@ def _load_for_training(cfg: Any, inputs: dict[str, Any], ctx: StepContext,
         check_chat_template(tokenizer, chat, f"the base {base.step!r}")
     train, validation, truncation = prepare_data(
         load_dataset_dict(data), tokenizer, task, cfg.max_length, ctx, chat=chat,
-        train_on_prompt=cfg.train_on_prompt, packing=cfg.packing,
+        train_on_prompt=cfg.train_on_prompt, packing=cfg.packing, train_on=cfg.train_on,
     )
     set_seed(cfg.seed)  # before loading: a new head is initialized from the seed
     model, new_keys = load_model(folder, task, labels, **(load_kwargs or {}))
