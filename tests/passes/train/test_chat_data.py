@@ -146,3 +146,35 @@ def test_the_chat_recipes_sharegpt_copy_gives_the_same_training_examples(tmp_pat
     for split_a, split_b in zip(a[:2], b[:2]):
         assert split_a["input_ids"] == split_b["input_ids"] and split_a["labels"] == split_b["labels"]
     assert a[2] == b[2]  # the same truncation report
+
+
+def test_evaluate_scores_every_assistant_turn_of_chat_data(tmp_path, tiny_chat_llama_dir, make_ctx):
+    """Perplexity on chat data: the loss of every assistant turn given the turns before it, which is the
+    model's own loss on the conversation with everything but the assistant turns masked."""
+    import math
+
+    import torch
+
+    from passes.evaluate.lm import load_lm
+    from passes.evaluate.steps import Evaluate
+    from schemas.steps import EvaluateConfig
+
+    path = _write(tmp_path, "messages", "jsonl", _rows("messages", 8))
+    meta, data = _load(tmp_path, "chat", path=path.name, splits={"train": 0.5, "test": 0.5})
+    base = make_artifact("hf_model", tiny_chat_llama_dir, {"task": "causal-lm", "model_type": "llama"}, "llm")
+    cfg = EvaluateConfig(type="evaluate", models=["llm"], data="chat", metrics=["perplexity", "generate"], threads=1,
+                         max_new_tokens=3, generate_samples=1)
+    result = Evaluate(cfg).run({"models": [base], "data": data}, make_ctx("report"))["metrics"]["llm"]
+
+    runner = load_lm(base)
+    total, tokens = 0.0, 0
+    for row in load_dataset_dict(data)["test"]:
+        segments = split_conversation(runner.tokenizer, row["messages"], meta["chat"])
+        ids = sum((s for s, _ in segments), [])
+        labels = sum(([t if a else IGNORE_INDEX for t in s] for s, a in segments), [])
+        n = sum(t != IGNORE_INDEX for t in labels)
+        with torch.no_grad():
+            loss = runner.model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss.item()
+        total, tokens = total + loss * n, tokens + n
+    assert result["perplexity_tokens"] == tokens and result["samples"] == 4 * 2  # two assistant turns each
+    assert math.isclose(result["perplexity"], math.exp(total / tokens), rel_tol=1e-4)
