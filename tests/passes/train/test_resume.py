@@ -157,7 +157,7 @@ def test_a_run_killed_during_training_resumes_on_the_next_run(tmp_path, tiny_cha
     assert not (cache / "checkpoints" / folder.name).exists()  # the step is cached: its checkpoints are gone
 
 
-def test_gc_removes_abandoned_checkpoints_only(tmp_path):
+def test_gc_removes_abandoned_checkpoints_only(tmp_path, capsys):
     cache_dir = tmp_path / "cache"
     assert cli("cache", "--cache-dir", cache_dir, "ls") == 0
     cache = Cache(cache_dir)
@@ -177,4 +177,5 @@ def test_gc_removes_abandoned_checkpoints_only(tmp_path):
         assert {s.path.name for s in cache.abandoned_checkpoints(30 * 86400)} == {"c" * 64}
     cache.fingerprints.close()
     assert cli("cache", "--cache-dir", cache_dir, "gc", "--older-than", "30d") == 0
+    assert "0 abandoned temporary folders, 0 B; 2 abandoned checkpoint folders" in capsys.readouterr().out
     assert sorted(p.name for p in cache.checkpoints.iterdir()) == ["b" * 64]
