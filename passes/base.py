@@ -15,9 +15,10 @@ Artifact folder conventions (what downstream passes may rely on):
 - `onnx_model`: `model.onnx` (+ external data), tokenizer files, `config.json` (with `id2label`),
   `inference.py`. meta: `task`, `labels`, `inputs`, `outputs`.
 - `dataset`: `datasets.DatasetDict.save_to_disk` in the folder `data/`. Columns: `text`, optional
-  `text_pair`, `label` (int ids) for classification; `prompt`, `response` for instruction data.
-  meta: `labels` (names in id order or None), `format` (`classification` | `instruction`), `splits`
-  ({split: {"rows": n, "labels": {name: count}}}).
+  `text_pair`, `label` (int ids) for classification; `prompt`, `response` for instruction data;
+  `messages` (lists of {role, content} turns) for chat data.
+  meta: `labels` (names in id order or None), `format` (`classification` | `instruction` | `chat`), `splits`
+  ({split: {"rows": n, "labels": {name: count}}}); chat data adds `chat_format` and `malformed` ({reason: count}).
 - `metrics`: `metrics.json`, `report.md` and charts. meta: `metrics` ({model step: {metric: value}}).
 
 meta may carry `summary` (one line the runner prints when the step ends) and `metrics` (recorded in

@@ -5,8 +5,9 @@ builder) and optimum ONNX exports (onnxruntime through optimum's ORTModelForCaus
 is the baseline.
 
 - perplexity: exp(mean negative log-likelihood of the response tokens), the prompt as context, on a
-  dataset split of instruction pairs formatted exactly as training formatted them (`passes.hf.chat`). Every
-  model scores the same token ids.
+  dataset split of instruction pairs formatted exactly as training formatted them (`passes.hf.chat`); on
+  chat data, of every assistant turn with the turns before it as context. Every model scores the same
+  token ids.
 - generate: greedy answers to the first prompts of the split (or the step's `prompts`), stopping at EOS.
 - tokens_per_second / time_to_first_token: greedy decoding of exactly `max_new_tokens` tokens (EOS is
   not allowed to end a run early, so every run decodes the same count) after one formatted prompt.

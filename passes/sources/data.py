@@ -1,7 +1,7 @@
 """The `load_data` source pass: a local file, folder or hub dataset -> a cleaned, split `dataset` artifact.
 
 The recipe: load with `datasets`, map columns to the conventions (`text`/`text_pair`/`label` or
-`prompt`/`response`), clean (empty rows, over-long rows, exact duplicates), cap the size, split with
+`prompt`/`response`; chat data to one `messages` column, see `data_chat`), clean (empty rows, over-long rows, exact duplicates), cap the size, split with
 a seeded shuffle (stratified by label on request, or the source's own splits), balance the train
 split, and save a `DatasetDict` in `data/`. Every random choice draws from `seed`, so the same config
 and file give the same splits byte for byte (and so the same cache digest downstream).

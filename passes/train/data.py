@@ -1,7 +1,8 @@
 """Data for the training passes: which task the data trains, tokenization, collation and batching.
 
 - `resolve_task`: the task from the step, the base model and the dataset (with clear errors).
-- `prepare_data`: tokenized train/validation splits (instruction data: loss on the response only).
+- `prepare_data`: tokenized train/validation splits (instruction data: loss on the response only; chat
+  data: on the assistant turns).
 - `collator_for`: dynamic padding per batch.
 - `length_bucket_sampler`: shuffled batches of similar-length examples (less padding, same examples).
 """

@@ -1,12 +1,13 @@
 """The training passes: `lora` (PEFT LoRA adapter), `finetune` (full or last-N-blocks) and `merge_adapter`.
 
-Both trainers run a transformers `Trainer` (see `passes.train.trainer.train_with_trainer`) in a temporary
-folder, so no checkpoint reaches the artifact, and write `training_log.json` (the Trainer's log
-history) and `loss.png` next to the result.
+Both trainers run a transformers `Trainer` (see `passes.train.trainer.train_with_trainer`) whose
+checkpoints go to the step's checkpoint folder (a killed run resumes from them, see `passes.train.resume`),
+never to the artifact, and write `training_log.json` (the Trainer's log history) and `loss.png` next to
+the result.
 
 Tasks: `text-classification` (AutoModelForSequenceClassification with the dataset's label names; an
 encoder without a head gets a new one) and `causal-lm` (AutoModelForCausalLM on instruction data,
-loss on the response tokens only). The default task is the base model's; an encoder (feature
+loss on the response tokens only, or on chat data, loss on the assistant turns by `train_on`). The default task is the base model's; an encoder (feature
 extraction) with labelled data becomes a classifier.
 
 When the run evaluates (a validation split and `eval_strategy` other than `no`), the result is the

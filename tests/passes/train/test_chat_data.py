@@ -147,6 +147,13 @@ def test_the_chat_recipes_sharegpt_copy_gives_the_same_training_examples(tmp_pat
         assert split_a["input_ids"] == split_b["input_ids"] and split_a["labels"] == split_b["labels"]
     assert a[2] == b[2]  # the same truncation report
 
+    from pipelines.validate import load_workflow
+
+    recipe = ROOT / "pipelines" / "recipes" / "chat-smollm2-int4.yaml"  # the command the README gives
+    qa = load_workflow(recipe, ["steps.qa.path=data/chatterbot_qa_sharegpt.jsonl", "steps.qa.prompt=null",
+                                "steps.qa.response=null"]).workflow.steps["qa"]
+    assert qa.is_chat() and qa.system_prompt == common["system_prompt"] and qa.splits == common["splits"]
+
 
 def test_evaluate_scores_every_assistant_turn_of_chat_data(tmp_path, tiny_chat_llama_dir, make_ctx):
     """Perplexity on chat data: the loss of every assistant turn given the turns before it, which is the
