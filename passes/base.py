@@ -15,9 +15,10 @@ Artifact folder conventions (what downstream passes may rely on):
 - `onnx_model`: `model.onnx` (+ external data), tokenizer files, `config.json` (with `id2label`),
   `inference.py`. meta: `task`, `labels`, `inputs`, `outputs`.
 - `dataset`: `datasets.DatasetDict.save_to_disk` in the folder `data/`. Columns: `text`, optional
-  `text_pair`, `label` (int ids) for classification; `prompt`, `response` for instruction data.
-  meta: `labels` (names in id order or None), `format` (`classification` | `instruction`), `splits`
-  ({split: {"rows": n, "labels": {name: count}}}).
+  `text_pair`, `label` (int ids) for classification; `prompt`, `response` for instruction data;
+  `messages` (lists of {role, content} turns) for chat data.
+  meta: `labels` (names in id order or None), `format` (`classification` | `instruction` | `chat`), `splits`
+  ({split: {"rows": n, "labels": {name: count}}}); chat data adds `chat_format` and `malformed` ({reason: count}).
 - `metrics`: `metrics.json`, `report.md` and charts. meta: `metrics` ({model step: {metric: value}}).
 
 meta may carry `summary` (one line the runner prints when the step ends) and `metrics` (recorded in
@@ -77,6 +78,9 @@ class StepContext(Protocol):
     #: When the run is tracked: the environment variables that point a library's own tracking integration
     #: (the Trainer's MLflow callback) at this step's run (`MLFLOW_RUN_ID`, ...); empty otherwise.
     tracking: dict[str, str]
+    #: A folder for resumable work (training checkpoints) that outlives a killed run: the runner keys it by the
+    #: step's cache key, keeps it while the step is not committed and removes it once it is. None: no such folder.
+    checkpoint_dir: Path | None
 
     def log(self, message: str) -> None:
         """Write a line to the console and the run log."""
@@ -163,6 +167,7 @@ class SimpleContext:
     out_dir: Path
     target: Target = field(default_factory=Target)
     workflow_dir: Path = field(default_factory=Path.cwd)
+    checkpoint_dir: Path | None = None
     lines: list[str] = field(default_factory=list)
     quiet: bool = False
     tracking: dict[str, str] = field(default_factory=dict)

@@ -6,6 +6,8 @@ Layout under the cache root (default `$XDG_CACHE_HOME/pipeline`, or `PIPELINE_CA
     artifacts/<key>/artifact.json   the manifest: kind, step, meta, files and their SHA-256, digest
     artifacts/<key>/data/...        the artifact's files
     tmp/<key>.<pid>.<random>/       work in progress; moved into `artifacts/` by one rename when complete
+    checkpoints/<key>/              a training step's checkpoints: kept across killed runs (the next run of the
+                                    key resumes from them), removed when the key is committed or by `gc`
     quarantine/<key>.<time>.../     damaged entries moved aside (never deleted by a run; `clear` empties it)
     locks/<key>.lock                one lock per key: concurrent runs build a step once
     history/<workflow>.json         the last key parts of each step, so `plan` can say what changed
@@ -83,6 +85,7 @@ class Cache:
         self.root = Path(root) if root else default_cache_dir()
         self.artifacts = self.root / "artifacts"
         self.tmp = self.root / "tmp"
+        self.checkpoints = self.root / "checkpoints"
         self.locks = self.root / "locks"
         self.quarantine_dir = self.root / "quarantine"
         self.history_dir = self.root / "history"
@@ -284,6 +287,29 @@ class Cache:
         os.rename(folder, doomed)
         shutil.rmtree(doomed, ignore_errors=True)
 
+    def drop_checkpoints(self, key: str) -> None:
+        """Remove the checkpoints of `key` (once it is committed they can only be stale)."""
+        shutil.rmtree(self.checkpoints / key, ignore_errors=True)
+
+    def abandoned_checkpoints(self, older_than_seconds: float) -> list[Stale]:
+        """Checkpoint folders no run will resume: their key is committed, or they were not written for
+        `older_than_seconds`; those of a key being built (its lock held) are never listed."""
+        if not self.checkpoints.is_dir():
+            return []
+        now, found = time.time(), []
+        for folder in sorted(p for p in self.checkpoints.iterdir() if p.is_dir()):
+            newest = max((p.stat().st_mtime for p in folder.rglob("*")), default=folder.stat().st_mtime)
+            if not (os.path.lexists(self.artifacts / folder.name) or now - newest > older_than_seconds):
+                continue
+            lock = FileLock(str(self.locks / f"{folder.name}.lock"))
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                continue  # a run is training this key right now
+            lock.release()
+            found.append(Stale(folder, _size(folder)))
+        return found
+
     def stale_work(self, key: str | None = None) -> list[Stale]:
         """Temporary folders (of `key`, or all) whose owning process is gone."""
         if not self.tmp.is_dir():
@@ -292,13 +318,14 @@ class Cache:
         return [Stale(p, _size(p)) for p in sorted(found) if not _owner_alive(p.name)]
 
     def gc(self, older_than_seconds: float, dry_run: bool = False) -> tuple[list[Entry], int, list[Stale]]:
-        """Drop artifacts not used for `older_than_seconds` and stale temporary folders.
+        """Drop artifacts not used for `older_than_seconds`, stale temporary folders and abandoned checkpoints.
 
-        Returns (artifacts removed, their bytes, temporary folders removed); with `dry_run`, what would be.
+        Returns (artifacts removed, their bytes, temporary and checkpoint folders removed); with `dry_run`, what
+        would be.
         """
         now = time.time()
         removed = [e for e in self.entries() if now - e.last_used > older_than_seconds]
-        stale = self.stale_work()
+        stale = self.stale_work() + self.abandoned_checkpoints(older_than_seconds)
         if not dry_run:
             for entry in removed:
                 with self.lock(entry.key):
@@ -309,7 +336,7 @@ class Cache:
 
     def clear(self) -> None:
         """Remove every artifact and everything else the cache keeps (the marker stays)."""
-        for sub in (self.artifacts, self.tmp, self.history_dir, self.locks, self.quarantine_dir):
+        for sub in (self.artifacts, self.tmp, self.checkpoints, self.history_dir, self.locks, self.quarantine_dir):
             shutil.rmtree(sub, ignore_errors=True)
         self.fingerprints.close()
         with contextlib.suppress(FileNotFoundError):

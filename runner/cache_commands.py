@@ -71,12 +71,18 @@ def _cache_verify(cache: Cache, args: argparse.Namespace, out: Any, err: Any) ->
 def _cache_gc(cache: Cache, args: argparse.Namespace, out: Any, err: Any) -> int:
     removed, size, stale = cache.gc(args.older_than, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
+    checkpoints = [s for s in stale if s.path.parent == cache.checkpoints]
+    work = [s for s in stale if s.path.parent != cache.checkpoints]
     for e in removed:
         out.print(f"{verb} {e.key[:12]} {e.step} ({format_size(e.size)}, last used {format_age(e.last_used)})", markup=False)
-    for s in stale:
+    for s in work:
         out.print(f"{verb} {s.path} ({format_size(s.size)}, work of a run that is gone)", markup=False)
-    out.print(f"{verb} {len(removed)} artifacts, {format_size(size)}; {len(stale)} abandoned temporary folders, "
-              f"{format_size(sum(s.size for s in stale))}", markup=False)
+    for s in checkpoints:
+        out.print(f"{verb} {s.path} ({format_size(s.size)}, training checkpoints no run will resume)", markup=False)
+    out.print(f"{verb} {len(removed)} artifacts, {format_size(size)}; {len(work)} abandoned temporary folders, "
+              f"{format_size(sum(s.size for s in work))}"
+              + (f"; {len(checkpoints)} abandoned checkpoint folders, {format_size(sum(s.size for s in checkpoints))}"
+                 if checkpoints else ""), markup=False)
     return EXIT_OK
 
 

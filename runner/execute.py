@@ -38,9 +38,10 @@ class RunnerContext:
     """The `StepContext` the runner gives a pass."""
 
     def __init__(self, step: str, out_dir: Path, target: Target, workflow_dir: Path, console: RunConsole,
-                 tracking: dict[str, str] | None = None):
+                 tracking: dict[str, str] | None = None, checkpoint_dir: Path | None = None):
         self.step, self.out_dir, self.target, self.workflow_dir = step, out_dir, target, workflow_dir
         self.tracking = tracking or {}  # the step's MLflow run, for the Trainer's own MLflow callback
+        self.checkpoint_dir = checkpoint_dir
         self._console = console
 
     def log(self, message: str) -> None:
@@ -326,14 +327,17 @@ def _build(loaded: LoadedWorkflow, name: str, key: str, parts: KeyParts, cache: 
         found = [artifacts[t] for t in targets]
         inputs[fld] = found if config.reference_fields()[fld][1] else found[0]
     with cache.workdir(key) as work:
-        ctx = RunnerContext(name, work / "data", step_target(loaded, name), loaded.folder, console, tracking)
+        ctx = RunnerContext(name, work / "data", step_target(loaded, name), loaded.folder, console, tracking,
+                            checkpoint_dir=cache.checkpoints / key)
         meta = pass_cls(config).run(inputs, ctx)
         if not isinstance(meta, dict):
             raise TypeError(f"{pass_cls.__name__}.run must return a dict of metadata, not {type(meta).__name__}")
         if replace:
             cache.remove(key)
-        return cache.commit(key, work, kind=step_output_kind(config), step=name, pass_type=config.step_type(),
-                            meta=meta, key_parts=parts.as_dict(), on_damage=_damage_reporter(console))
+        artifact = cache.commit(key, work, kind=step_output_kind(config), step=name, pass_type=config.step_type(),
+                                meta=meta, key_parts=parts.as_dict(), on_damage=_damage_reporter(console))
+        cache.drop_checkpoints(key)  # the step is committed: nothing will resume from them
+        return artifact
 
 
 def _describe(exc: BaseException) -> str:

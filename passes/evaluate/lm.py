@@ -5,8 +5,9 @@ builder) and optimum ONNX exports (onnxruntime through optimum's ORTModelForCaus
 is the baseline.
 
 - perplexity: exp(mean negative log-likelihood of the response tokens), the prompt as context, on a
-  dataset split of instruction pairs formatted exactly as training formatted them (`passes.hf.chat`). Every
-  model scores the same token ids.
+  dataset split of instruction pairs formatted exactly as training formatted them (`passes.hf.chat`); on
+  chat data, of every assistant turn with the turns before it as context. Every model scores the same
+  token ids.
 - generate: greedy answers to the first prompts of the split (or the step's `prompts`), stopping at EOS.
 - tokens_per_second / time_to_first_token: greedy decoding of exactly `max_new_tokens` tokens (EOS is
   not allowed to end a run early, so every run decodes the same count) after one formatted prompt.
@@ -30,7 +31,7 @@ from passes.evaluate import machine
 from passes.evaluate import report
 from passes.evaluate.latency import SETTLE_S
 from passes.hf.loading import load_tokenizer
-from passes.hf.chat import chat_settings, check_chat_template, encode_prompt, fit, split_pair
+from passes.hf.chat import chat_settings, check_chat_template, encode_prompt, fit, prompt_of, scored_answers, shown_prompt
 from passes.evaluate.goals import apply_goals, with_goals
 from passes.ort.genai_run import (GenaiSession, greedy_answer, sequence_nll, speed_summary, timed_genai,
                          timed_torch, torch_generate)
@@ -130,12 +131,13 @@ def load_lm(artifact: Artifact) -> TorchLM | GenaiLM:
     return TorchLM(artifact)
 
 
-def _pairs(data: Artifact, cfg: EvaluateConfig) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+def _pairs(data: Artifact, cfg: EvaluateConfig) -> tuple[list[Any], dict[str, Any]]:
+    """The split's examples (prompt/response pairs, or conversations of chat data) and the data's chat settings."""
     from datasets import load_from_disk
 
-    if data.meta.get("format") != "instruction":
+    if data.meta.get("format") not in ("instruction", "chat"):
         raise PassError(f"dataset {data.step!r} is {data.meta.get('format')!r} data; perplexity and generation need "
-                        "instruction data (`prompt`/`response` in load_data)")
+                        "instruction data (`prompt`/`response` in load_data) or chat data")
     dd = load_from_disk(str(Path(data.path) / "data"))
     if cfg.split not in dd:
         raise PassError(f"dataset {data.step!r} has no split {cfg.split!r} (it has {', '.join(dd)}); set `split`")
@@ -144,6 +146,8 @@ def _pairs(data: Artifact, cfg: EvaluateConfig) -> tuple[list[tuple[str, str]], 
         ds = ds.select(range(min(cfg.max_samples, len(ds))))
     if len(ds) == 0:
         raise PassError(f"split {cfg.split!r} of {data.step!r} is empty")
+    if "messages" in ds.column_names:
+        return list(ds["messages"]), chat_settings(data.meta)
     return list(zip(ds["prompt"], ds["response"])), chat_settings(data.meta)
 
 
@@ -163,9 +167,10 @@ def evaluate_lms(cfg: EvaluateConfig, models: list[Artifact], data: Artifact, ct
 
     if "tokens_per_second" in cfg.metrics or "time_to_first_token" in cfg.metrics:
         # Timed before the perplexity pass: after a burst of work the cores stop working in parallel for a while.
-        payload["timing"] = _time(runners, tokenizer, pairs[0][0], chat, cfg, ctx, results, threads)
+        payload["timing"] = _time(runners, tokenizer, prompt_of(pairs[0]), chat, cfg, ctx, results, threads)
     if "perplexity" in cfg.metrics:
-        encoded = [fit(*split_pair(tokenizer, p, r, chat), cfg.max_length)[:2] for p, r in pairs]
+        # every answer (a pair's response, each assistant turn of a conversation) given what came before it
+        encoded = [fit(p, r, cfg.max_length)[:2] for example in pairs for p, r in scored_answers(tokenizer, example, chat)]
         tokens = sum(len(r) for _, r in encoded)
         with ctx.progress(len(encoded) * len(runners), "perplexity") as bar:
             for name, runner in runners.items():
@@ -176,7 +181,7 @@ def evaluate_lms(cfg: EvaluateConfig, models: list[Artifact], data: Artifact, ct
                 results[name].update(perplexity=math.exp(total / tokens), perplexity_tokens=tokens,
                                      samples=len(encoded))
     if "generate" in cfg.metrics:
-        prompts = list(cfg.prompts or [p for p, _ in pairs[: cfg.generate_samples]])
+        prompts = list(cfg.prompts or [prompt_of(example) for example in pairs[: cfg.generate_samples]])
         payload["samples"] = []
         with ctx.progress(len(prompts) * len(runners), "sample answers") as bar:
             for prompt in prompts:
@@ -185,7 +190,7 @@ def evaluate_lms(cfg: EvaluateConfig, models: list[Artifact], data: Artifact, ct
                 for name, runner in runners.items():
                     answers[name] = runner.answer(ids, cfg.max_new_tokens)
                     bar.advance(1)
-                payload["samples"].append({"prompt": prompt, "answers": answers})
+                payload["samples"].append({"prompt": shown_prompt(prompt), "answers": answers})
     if "size" in cfg.metrics:
         for art in models:
             results[art.step]["size_mb"] = size_of(art) / 1e6
@@ -200,7 +205,7 @@ def evaluate_lms(cfg: EvaluateConfig, models: list[Artifact], data: Artifact, ct
     return {"metrics": results, "baseline": baseline, "summary": summary, **goal_meta}
 
 
-def _time(runners: dict[str, Any], tokenizer: Any, prompt: str, chat: dict[str, Any], cfg: EvaluateConfig, ctx: Any,
+def _time(runners: dict[str, Any], tokenizer: Any, prompt: Any, chat: dict[str, Any], cfg: EvaluateConfig, ctx: Any,
           results: dict[str, dict[str, Any]], threads: int) -> dict[str, Any]:
     ids = encode_prompt(tokenizer, prompt, chat)
     n = cfg.max_new_tokens

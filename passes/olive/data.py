@@ -45,7 +45,9 @@ def write_rows(dataset: Artifact, split: str, samples: int, work: Path) -> tuple
     path = work / DATA_FILE
     with path.open("w", encoding="utf-8") as f:
         for row in rows:
-            if instruction:
+            if "messages" in row:  # chat data: the turns' text, one after the other
+                record = {"text": "\n".join(turn["content"] for turn in row["messages"])}
+            elif instruction:
                 record = {"text": f"{row['prompt']}\n{row['response']}"}
             else:
                 record = {"text": row["text"], "label": int(row.get("label", 0) or 0)}

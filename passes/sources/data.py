@@ -1,7 +1,7 @@
 """The `load_data` source pass: a local file, folder or hub dataset -> a cleaned, split `dataset` artifact.
 
 The recipe: load with `datasets`, map columns to the conventions (`text`/`text_pair`/`label` or
-`prompt`/`response`), clean (empty rows, over-long rows, exact duplicates), cap the size, split with
+`prompt`/`response`; chat data to one `messages` column, see `data_chat`), clean (empty rows, over-long rows, exact duplicates), cap the size, split with
 a seeded shuffle (stratified by label on request, or the source's own splits), balance the train
 split, and save a `DatasetDict` in `data/`. Every random choice draws from `seed`, so the same config
 and file give the same splits byte for byte (and so the same cache digest downstream).
@@ -10,10 +10,12 @@ and file give the same splits byte for byte (and so the same cache digest downst
 from __future__ import annotations
 
 import tempfile
+from collections import Counter
 from typing import Any
 
 from schemas.paths import PathResolutionError, looks_like_hub_id
 from schemas.steps import LoadDataConfig
+from schemas.steps.data import CHAT_FORMATS
 
 from passes.sources.data_files import (
     SPLITS,
@@ -25,6 +27,7 @@ from passes.sources.data_files import (
     load_hub,
     map_columns,
 )
+from passes.sources.data_chat import conversation_chars, detect_format, dropped_text, to_conversations
 from passes.base import Pass, PassError, StepContext
 from passes.registry import register_pass
 
@@ -43,13 +46,17 @@ class LoadData(Pass[LoadDataConfig]):
         import pandas as pd
 
         cfg = self.config
-        fmt_name = "instruction" if (cfg.prompt or cfg.template) else "classification"
+        fmt_name = "chat" if cfg.is_chat() else "instruction" if (cfg.prompt or cfg.template) else "classification"
         bars = datasets.is_progress_bar_enabled()
         datasets.disable_progress_bars()  # the runner draws progress; datasets' bars would garble it
+        chat_format, malformed = None, None
         try:
             frames, source_format = self._load(ctx)
             where = {s: cfg.path if len(frames) == 1 else f"{cfg.path} ({s})" for s in frames}
-            frames = {s: self._check_labels(map_columns(df, cfg, where[s]), where[s]) for s, df in frames.items()}
+            if fmt_name == "chat":
+                frames, chat_format, malformed = self._conversations(frames, where, ctx)
+            else:
+                frames = {s: self._check_labels(map_columns(df, cfg, where[s]), where[s]) for s, df in frames.items()}
             if cfg.splits != "existing" and len(frames) > 1:
                 # Merge before cleaning, so a row in both train.csv and test.csv counts as a duplicate.
                 ctx.log(f"the source has splits {', '.join(frames)}: merged and re-split by ratio "
@@ -91,7 +98,31 @@ class LoadData(Pass[LoadDataConfig]):
         if fmt_name == "instruction":
             # How the pairs become token sequences, applied by every pass that tokenizes them (see passes/hf/chat.py).
             meta["chat"] = {"chat_template": cfg.chat_template, "system_prompt": cfg.system_prompt}
+        if fmt_name == "chat":
+            # Conversations always go through the model's own chat template.
+            meta["chat"] = {"chat_template": True, "system_prompt": cfg.system_prompt}
+            meta["chat_format"] = chat_format
+            meta["malformed"] = dict(malformed.most_common())
         return meta
+
+    def _conversations(self, frames: dict[str, Any], where: dict[str, str],
+                       ctx: StepContext) -> tuple[dict[str, Any], str, Counter]:
+        """Every split as a `messages` frame; (frames, the chat format, malformed conversations by reason)."""
+        cfg = self.config
+        first = next(iter(frames))
+        fmt = cfg.format if cfg.format in CHAT_FORMATS else detect_format([str(c) for c in frames[first].columns], where[first])
+        malformed: Counter = Counter()
+        out = {}
+        for split, df in frames.items():
+            out[split], dropped = to_conversations(df, fmt, where[split])
+            malformed += dropped
+        kept = sum(len(df) for df in out.values())
+        if not kept:
+            raise PassError(f"no usable conversation in {cfg.path} ({fmt}): all were malformed ({dropped_text(malformed)}); "
+                            "fix the data, or check `format`")
+        ctx.log(f"chat data ({fmt}): {kept} conversations" + (f"; dropped {sum(malformed.values())} malformed: "
+                                                                f"{dropped_text(malformed)}" if malformed else ""))
+        return out, fmt, malformed
 
     # --- load --------------------------------------------------------------------------------------
 
@@ -106,7 +137,8 @@ class LoadData(Pass[LoadDataConfig]):
             raise PassError(str(exc)) from exc
         if not path.exists():
             raise PassError(f"{cfg.path}: no such file or folder ({path})")
-        files, fmt = find_files(path, cfg.format)
+        # a chat format names the rows' shape; the file type (JSON, JSONL, Parquet) goes by the extension
+        files, fmt = find_files(path, "auto" if cfg.format in CHAT_FORMATS else cfg.format)
         # datasets writes Arrow files while it loads; keep them out of out_dir and out of the user's
         # cache (the rows are loaded into memory, so the scratch folder can go at once).
         with tempfile.TemporaryDirectory(prefix="load_data-") as scratch:
@@ -144,6 +176,9 @@ class LoadData(Pass[LoadDataConfig]):
         dropped = {"drop_empty": 0, "max_chars": 0, "drop_duplicates": 0}
         out = {}
         for split, df in frames.items():
+            if "messages" in df.columns:  # chat data: empty turns were dropped as malformed
+                out[split], dropped = _clean_chat(df, cfg, dropped)
+                continue
             text_cols = [c for c in TEXT_COLUMNS if c in df.columns]
             if cfg.drop_empty:
                 empty = df[text_cols].apply(lambda col: col.str.strip() == "").any(axis=1)
@@ -283,13 +318,35 @@ class LoadData(Pass[LoadDataConfig]):
         from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
         present = next(iter(frames.values())).columns
-        columns = [c for c in ("text", "text_pair", "prompt", "response", "label") if c in present]
-        features = Features({c: ClassLabel(names=names) if c == "label" else Value("string") for c in columns})
+        columns = [c for c in ("text", "text_pair", "prompt", "response", "label", "messages") if c in present]
+        def feature(column: str) -> Any:
+            if column == "label":
+                return ClassLabel(names=names)
+            if column == "messages":
+                return [{"role": Value("string"), "content": Value("string")}]
+            return Value("string")
+
+        features = Features({c: feature(c) for c in columns})
         dd = DatasetDict({
             split: Dataset.from_dict({c: df[c].tolist() for c in columns}, features=features, split=split)
             for split, df in frames.items()
         })
         dd.save_to_disk(str(ctx.out_dir / "data"))
+
+
+def _clean_chat(df: Any, cfg: Any, dropped: dict[str, int]) -> tuple[Any, dict[str, int]]:
+    """`max_chars` (on a whole conversation) and `drop_duplicates` for chat data."""
+    import json
+
+    if cfg.max_chars is not None:
+        long = df["messages"].map(conversation_chars) > cfg.max_chars
+        dropped["max_chars"] += int(long.sum())
+        df = df[~long]
+    if cfg.drop_duplicates:
+        dup = df["messages"].map(lambda m: json.dumps(m, sort_keys=True)).duplicated()
+        dropped["drop_duplicates"] += int(dup.sum())
+        df = df[~dup]
+    return df.reset_index(drop=True), dropped
 
 
 def _split_meta(df: Any, names: list[str] | None) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Data for the training passes: which task the data trains, tokenization, collation and batching.
 
 - `resolve_task`: the task from the step, the base model and the dataset (with clear errors).
-- `prepare_data`: tokenized train/validation splits (instruction data: loss on the response only).
+- `prepare_data`: tokenized train/validation splits (instruction data: loss on the response only; chat
+  data: on the assistant turns).
 - `collator_for`: dynamic padding per batch.
 - `length_bucket_sampler`: shuffled batches of similar-length examples (less padding, same examples).
 """
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from passes.hf.folders import infer_task, read_config
-from passes.hf.chat import fit, split_pair
+from passes.hf.chat import fit, split_conversation, split_pair
 from passes.hf.loading import quiet_datasets
 from passes.base import Artifact, PassError, StepContext
 
@@ -58,10 +59,11 @@ def resolve_task(requested: str | None, base: Artifact, data: Artifact, ctx: Ste
                 "set `label` in its load_data step"
             )
     elif task == "causal-lm":
-        if fmt != "instruction":
+        if fmt not in ("instruction", "chat"):
             raise PassError(
-                f"causal-lm training needs instruction data (`prompt`/`response` columns), but {data.step!r} is "
-                f"{fmt!r} data: set `prompt` and `response` (or `template`) in its load_data step"
+                f"causal-lm training needs instruction or chat data (`prompt`/`response` columns, or conversations), "
+                f"but {data.step!r} is {fmt!r} data: set `prompt` and `response` (or `template`) in its load_data step, "
+                "or load chat data (`format: messages | sharegpt | alpaca`)"
             )
         if base_task != "causal-lm":
             raise PassError(f"the base {base.step!r} is a {base_task} model, not a causal LM: pick a decoder for causal-lm")
@@ -86,7 +88,7 @@ def check_classifiable(folder: Path, step: str) -> None:
 
 def prepare_data(dd: Any, tokenizer: Any, task: str, max_length: int, ctx: StepContext,
                  chat: dict[str, Any] | None = None, train_on_prompt: bool = False,
-                 packing: bool = False) -> tuple[Any, Any, dict[str, Any]]:
+                 packing: bool = False, train_on: str = "all_assistant") -> tuple[Any, Any, dict[str, Any]]:
     """Tokenized (train, validation or None) datasets for `task`, and what truncation did.
 
     Examples are not padded here: the collator pads each batch to its longest example, which on short
@@ -97,6 +99,10 @@ def prepare_data(dd: Any, tokenizer: Any, task: str, max_length: int, ctx: StepC
     cut by `passes.hf.chat.fit` (the prompt gives way before the response; every cut is counted and logged),
     labelled -100 on the prompt unless `train_on_prompt`, and, with `packing`, the train split's
     examples are packed into rows of up to `max_length` tokens.
+
+    Chat data (a `messages` column) is rendered by `passes.hf.chat.split_conversation`; `train_on` picks the
+    learned tokens (every assistant turn, the last one, or all), and the last assistant turn plays the
+    response's part in `fit` (what comes before it gives way first).
     """
     if "train" not in dd:
         raise PassError(f"the dataset has no train split (it has: {', '.join(dd)})")
@@ -104,7 +110,8 @@ def prepare_data(dd: Any, tokenizer: Any, task: str, max_length: int, ctx: StepC
         if task == "text-classification":
             train, validation = _prepare_classification(dd, tokenizer, max_length)
             return train, validation, {}
-        return _prepare_instructions(dd, tokenizer, max_length, ctx, chat or {}, train_on_prompt, packing)
+        learn = "all" if train_on_prompt else train_on
+        return _prepare_instructions(dd, tokenizer, max_length, ctx, chat or {}, learn, packing)
 
 
 def _by_length(ds: Any) -> Any:
@@ -134,8 +141,22 @@ def _prepare_classification(dd: Any, tokenizer: Any, max_length: int) -> tuple[A
     return out[0], out[1]
 
 
+def labelled_example(tokenizer: Any, row: dict[str, Any], chat: dict[str, Any],
+                     learn: str) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """One example as (head, answer) lists of (token id, label): the answer is the response of a pair or
+    the last assistant turn of a conversation; labels are IGNORE_INDEX where nothing is learned."""
+    if "messages" in row:
+        segments = split_conversation(tokenizer, row["messages"], chat)
+        last = len(segments) - 1
+        learned = lambda i, assistant: learn == "all" or (assistant and (learn == "all_assistant" or i == last))
+        head = [(t, t if learned(i, a) else IGNORE_INDEX) for i, (ids, a) in enumerate(segments[:-1]) for t in ids]
+        return head, [(t, t) for t in segments[-1][0]]
+    p, r = split_pair(tokenizer, row["prompt"], row["response"], chat)
+    return [(t, t if learn == "all" else IGNORE_INDEX) for t in p], [(t, t) for t in r]
+
+
 def _prepare_instructions(dd: Any, tokenizer: Any, max_length: int, ctx: StepContext, chat: dict[str, Any],
-                          train_on_prompt: bool, packing: bool) -> tuple[Any, Any, dict[str, Any]]:
+                          learn: str, packing: bool) -> tuple[Any, Any, dict[str, Any]]:
     from datasets import Dataset
 
     out, report = [], {}
@@ -144,19 +165,20 @@ def _prepare_instructions(dd: Any, tokenizer: Any, max_length: int, ctx: StepCon
             out.append(None)
             continue
         ds = dd[split]
-        _check_columns(ds, split, ("prompt", "response"))
+        if "messages" not in ds.column_names:
+            _check_columns(ds, split, ("prompt", "response"))
         rows = {"input_ids": [], "attention_mask": [], "labels": []}
         cut = {"prompt": 0, "response": 0}
         longest = 0
-        for prompt, response in zip(ds["prompt"], ds["response"]):
-            p, r = split_pair(tokenizer, prompt, response, chat)
+        for row in ds:
+            p, r = labelled_example(tokenizer, row, chat, learn)
             longest = max(longest, len(p) + len(r))
             p, r, what = fit(p, r, max_length)
             if what:
                 cut[what] += 1
-            rows["input_ids"].append(p + r)
+            rows["input_ids"].append([t for t, _ in p + r])
             rows["attention_mask"].append([1] * (len(p) + len(r)))
-            rows["labels"].append((p if train_on_prompt else [IGNORE_INDEX] * len(p)) + r)
+            rows["labels"].append([label for _, label in p + r])
         n = len(rows["input_ids"])
         if n == 0:
             raise PassError(f"the {split} split has no examples")
@@ -246,6 +268,10 @@ def length_bucket_sampler(lengths: list[int], batch_size: int, seed: int, bucket
 
         def __init__(self) -> None:
             self.epoch = 0
+
+        def set_epoch(self, epoch: int) -> None:
+            """The Trainer names each epoch (accelerate passes it on): a run resumed in epoch 3 draws epoch 3's order."""
+            self.epoch = epoch
 
         def __len__(self) -> int:
             return len(lengths)

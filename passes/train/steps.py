@@ -1,12 +1,13 @@
 """The training passes: `lora` (PEFT LoRA adapter), `finetune` (full or last-N-blocks) and `merge_adapter`.
 
-Both trainers run a transformers `Trainer` (see `passes.train.trainer.train_with_trainer`) in a temporary
-folder, so no checkpoint reaches the artifact, and write `training_log.json` (the Trainer's log
-history) and `loss.png` next to the result.
+Both trainers run a transformers `Trainer` (see `passes.train.trainer.train_with_trainer`) whose
+checkpoints go to the step's checkpoint folder (a killed run resumes from them, see `passes.train.resume`),
+never to the artifact, and write `training_log.json` (the Trainer's log history) and `loss.png` next to
+the result.
 
 Tasks: `text-classification` (AutoModelForSequenceClassification with the dataset's label names; an
 encoder without a head gets a new one) and `causal-lm` (AutoModelForCausalLM on instruction data,
-loss on the response tokens only). The default task is the base model's; an encoder (feature
+loss on the response tokens only, or on chat data, loss on the assistant turns by `train_on`). The default task is the base model's; an encoder (feature
 extraction) with labelled data becomes a classifier.
 
 When the run evaluates (a validation split and `eval_strategy` other than `no`), the result is the
@@ -72,7 +73,7 @@ def _load_for_training(cfg: Any, inputs: dict[str, Any], ctx: StepContext,
         check_chat_template(tokenizer, chat, f"the base {base.step!r}")
     train, validation, truncation = prepare_data(
         load_dataset_dict(data), tokenizer, task, cfg.max_length, ctx, chat=chat,
-        train_on_prompt=cfg.train_on_prompt, packing=cfg.packing,
+        train_on_prompt=cfg.train_on_prompt, packing=cfg.packing, train_on=cfg.train_on,
     )
     set_seed(cfg.seed)  # before loading: a new head is initialized from the seed
     model, new_keys = load_model(folder, task, labels, **(load_kwargs or {}))
@@ -136,8 +137,10 @@ class Lora(Pass[LoraConfig]):
         peft_config = PeftLoraConfig(
             task_type=TaskType.SEQ_CLS if task == "text-classification" else TaskType.CAUSAL_LM,
             r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
+            use_dora=cfg.use_dora, use_rslora=cfg.use_rslora, bias=cfg.bias,
             # New weights train in full (a random head cannot be low-rank-adapted) and are saved with the adapter.
-            modules_to_save=new_modules or None, exclude_modules=new_modules or None,
+            modules_to_save=list(dict.fromkeys(new_modules + (cfg.modules_to_save or []))) or None,
+            exclude_modules=new_modules or None,
         )
         try:
             model = get_peft_model(model, peft_config)
@@ -162,7 +165,8 @@ class Lora(Pass[LoraConfig]):
             "model_type": model.config.model_type,
             "base_architecture": base.meta.get("architecture"),
             "target_modules": targets,
-            "modules_to_save": new_modules,
+            "modules_to_save": list(dict.fromkeys(new_modules + (cfg.modules_to_save or []))),
+            "lora_options": {"use_dora": cfg.use_dora, "use_rslora": cfg.use_rslora, "bias": cfg.bias},
             "trainable_parameters": trainable,
             "train_metrics": tm,
             "eval_metrics": em,

@@ -1,24 +1,31 @@
 """The Trainer machinery shared by `lora` and `finetune`: arguments, progress, the run, the loss plot.
 
 `train_with_trainer` is the one place a transformers `Trainer` is built: every `TrainingSettings`
-field maps to a `TrainingArguments` field there, the run happens in a temporary folder (checkpoints
-never reach the artifact), and the log history and loss plot are written next to the result.
+field maps to a `TrainingArguments` field there. Checkpoints go to the step's checkpoint folder (see
+`passes.train.resume`: a killed run resumes from them) or, without one, a temporary folder; they never
+reach the artifact. The log history and loss plot are written next to the result.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from schemas.steps import TrainingSettings
 
 from passes.hf.loading import classification_metrics
 from passes.train.data import BUCKET_BATCHES, collator_for, length_bucket_sampler
+from passes.train.resume import deferred_interrupts, last_checkpoint, stop_on_interrupt_callback
 from passes.base import PassError, StepContext, tracking_environment
+
+#: Checkpoint interval (optimizer steps) when the step does not evaluate and sets no `save_steps`:
+#: a kill loses at most this many steps; on a 2-core CPU a LoRA step of SmolLM2-135M takes ~3 s.
+DEFAULT_SAVE_STEPS = 50
 
 # --- the Trainer -------------------------------------------------------------------------------------
 
@@ -31,10 +38,11 @@ def _metric_key(cfg: TrainingSettings) -> tuple[str, bool]:
 def training_arguments(cfg: TrainingSettings, task: str, has_eval: bool, scratch: Path, report_to: Any = "none") -> Any:
     """`TrainingArguments` with every TrainingSettings field mapped.
 
+    Checkpoints are full (optimizer, scheduler and RNG states too), so training can resume from them.
     When the run evaluates, the best evaluation's weights (by `metric_for_best_model`) are the result,
-    as that field's description promises: checkpoints are written at each evaluation (in `scratch`,
-    weights only, the best one kept) and the best is loaded at the end. Without evaluation nothing is
-    saved during training.
+    as that field's description promises: checkpoints are written at each evaluation (the Trainer needs
+    them in step) and the best is loaded at the end. Without evaluation they are written every
+    `save_steps` (default DEFAULT_SAVE_STEPS).
     """
     import torch
     from transformers import TrainingArguments
@@ -60,6 +68,10 @@ def training_arguments(cfg: TrainingSettings, task: str, has_eval: bool, scratch
         weight_decay=cfg.weight_decay,
         warmup_ratio=cfg.warmup_ratio,
         lr_scheduler_type=cfg.lr_scheduler,
+        max_grad_norm=cfg.max_grad_norm,
+        optim=cfg.optim,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         seed=cfg.seed,
         data_seed=cfg.seed,
         bf16=cfg.precision == "bf16",
@@ -68,11 +80,11 @@ def training_arguments(cfg: TrainingSettings, task: str, has_eval: bool, scratch
         eval_steps=cfg.eval_steps if evaluate == "steps" else None,
         logging_strategy="steps",
         logging_steps=cfg.logging_steps,
-        # Checkpoints exist only so the best evaluated weights can be reloaded at the end.
-        save_strategy=evaluate if best else "no",
-        save_steps=cfg.eval_steps if best and evaluate == "steps" else 500,
-        save_total_limit=1 if best else None,
-        save_only_model=True,
+        # With evaluation, the Trainer saves at its evaluations (to reload the best weights at the end).
+        save_strategy=evaluate if best else "steps",
+        save_steps=(cfg.save_steps or cfg.eval_steps) if evaluate == "steps" else (cfg.save_steps or DEFAULT_SAVE_STEPS),
+        save_total_limit=cfg.save_total_limit,
+        save_only_model=False,
         load_best_model_at_end=best,
         metric_for_best_model=metric if best else None,
         greater_is_better=greater if best else None,
@@ -179,28 +191,35 @@ def train_with_trainer(
 
 def _run(model: Any, tokenizer: Any, task: str, train: Any, validation: Any, cfg: TrainingSettings,
          ctx: StepContext, has_eval: bool, compute_metrics: Any) -> dict[str, Any]:
-    """The Trainer run of `train_with_trainer`, in a temporary output folder."""
+    """The Trainer run of `train_with_trainer`, in the step's checkpoint folder (else a temporary one)."""
     from transformers import PrinterCallback
 
-    with tempfile.TemporaryDirectory(prefix="pipeline-train-") as scratch:
-        args = training_arguments(cfg, task, has_eval, Path(scratch), ["mlflow"] if getattr(ctx, "tracking", None) else "none")
-        callbacks = _callbacks(ctx, cfg, has_eval)
-        trainer = _bucketed_trainer_class()(
-            model=model, args=args, train_dataset=train, eval_dataset=validation if has_eval else None,
-            data_collator=collator_for(task, tokenizer), processing_class=tokenizer,
-            compute_metrics=compute_metrics if task == "text-classification" and has_eval else None,
-            callbacks=callbacks,
-        )
-        # With tqdm disabled the Trainer prints every log dict to stdout; the progress callback reports instead.
-        trainer.remove_callback(PrinterCallback)
-        start = time.perf_counter()
-        try:
-            with tracking_environment(ctx), warnings.catch_warnings():
-                # Checkpoint rotation warns on filesystems with coarse mtimes; harmless, it sorts by step.
-                warnings.filterwarnings("ignore", message="mtime may not be reliable")
-                result = trainer.train()
-        finally:
-            callbacks[0].close()
+    checkpoints = getattr(ctx, "checkpoint_dir", None)
+    with _checkpoint_folder(checkpoints) as scratch:
+        args = training_arguments(cfg, task, has_eval, scratch, ["mlflow"] if getattr(ctx, "tracking", None) else "none")
+        if cfg.save_steps is not None and args.save_strategy == "epoch":
+            ctx.log(f"save_steps {cfg.save_steps} not used: with `eval_strategy: epoch` checkpoints follow the epochs")
+        resume = last_checkpoint(checkpoints, ctx.log)
+        with deferred_interrupts() as interrupt:
+            callbacks = _callbacks(ctx, cfg, has_eval) + [stop_on_interrupt_callback(interrupt, ctx.log)]
+            trainer = _bucketed_trainer_class()(
+                model=model, args=args, train_dataset=train, eval_dataset=validation if has_eval else None,
+                data_collator=collator_for(task, tokenizer), processing_class=tokenizer,
+                compute_metrics=compute_metrics if task == "text-classification" and has_eval else None,
+                callbacks=callbacks,
+            )
+            # With tqdm disabled the Trainer prints every log dict to stdout; the progress callback reports instead.
+            trainer.remove_callback(PrinterCallback)
+            if resume is not None:
+                ctx.log(f"resuming from checkpoint at step {resume[1]} of {resume[2] or '?'} ({resume[0]})")
+            start = time.perf_counter()
+            try:
+                with tracking_environment(ctx), warnings.catch_warnings():
+                    # Checkpoint rotation warns on filesystems with coarse mtimes; harmless, it sorts by step.
+                    warnings.filterwarnings("ignore", message="mtime may not be reliable")
+                    result = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
+            finally:
+                callbacks[0].close()
         seconds = time.perf_counter() - start
         history = list(trainer.state.log_history)
         eval_metrics: dict[str, float] = {}
@@ -219,6 +238,7 @@ def _run(model: Any, tokenizer: Any, task: str, train: Any, validation: Any, cfg
             eval_metrics = {k[5:]: round(float(v), 6) for k, v in best.items()
                             if k in ("eval_loss", "eval_accuracy", "eval_f1")}
     train_metrics = {
+        "resumed_from_step": resume[1] if resume else None,
         "loss": round(float(result.training_loss), 6),
         "runtime_s": round(seconds, 2),
         "steps": int(result.global_step),
@@ -228,6 +248,17 @@ def _run(model: Any, tokenizer: Any, task: str, train: Any, validation: Any, cfg
     (ctx.out_dir / "training_log.json").write_text(json.dumps(history, indent=1) + "\n")
     plot_loss(history, ctx.out_dir / "loss.png")
     return {"train_metrics": train_metrics, "eval_metrics": eval_metrics}
+
+
+@contextlib.contextmanager
+def _checkpoint_folder(folder: Path | None) -> Iterator[Path]:
+    """The step's checkpoint folder (created; the runner removes it once the step is cached), else a temporary one."""
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        yield folder
+        return
+    with tempfile.TemporaryDirectory(prefix="pipeline-train-") as scratch:
+        yield Path(scratch)
 
 
 def plot_loss(history: list[dict[str, Any]], path: Path) -> None:

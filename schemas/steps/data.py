@@ -10,6 +10,8 @@ from ..base import DataSource, StepConfig
 from ..registry import register_step
 
 SplitName = Literal["train", "validation", "test"]
+#: Conversation formats `load_data` reads (from JSON, JSONL or Parquet; the file type goes by its extension).
+CHAT_FORMATS = ("messages", "sharegpt", "alpaca")
 
 
 @register_step
@@ -18,8 +20,10 @@ class LoadDataConfig(StepConfig):
 
     type: Literal["load_data"] = Field(description="Load and split a dataset.")
     path: DataSource = Field(description="A local file or folder (relative to the workflow file) or a hub dataset id.")
-    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "text"] = Field(
-        "auto", description="The file format; `auto` goes by the file extension."
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "text", "messages", "sharegpt", "alpaca"] = Field(
+        "auto", description="The file format; `auto` goes by the file extension. Chat data: `messages` (OpenAI "
+        "`messages` lists of role/content), `sharegpt` (`conversations` of from/value) or `alpaca` "
+        "(instruction/input/output) in JSON, JSONL or Parquet; with `auto` and no column mapping, detected by its columns."
     )
     text: str | None = Field(None, description="The column holding the input text (classification).")
     text_pair: str | None = Field(None, description="A second text column (sentence-pair tasks).")
@@ -38,7 +42,8 @@ class LoadDataConfig(StepConfig):
         "assistant turn = the response) when it is tokenized for training and evaluation.",
     )
     system_prompt: str | None = Field(
-        None, description="A system message put before every prompt (with `chat_template: true`)."
+        None, description="A system message put before every prompt (with `chat_template: true`), or before every "
+        "conversation of chat data that has no system turn of its own."
     )
     drop_empty: bool = Field(True, description="Drop rows whose mapped text columns are empty.")
     drop_duplicates: bool = Field(True, description="Drop exact duplicate rows (after column mapping).")
@@ -69,10 +74,28 @@ class LoadDataConfig(StepConfig):
                 raise ValueError(f"split ratios must sum to 1 (they sum to {total:g})")
         return splits
 
+    def is_chat(self) -> bool:
+        """Conversations (named by `format`, or detected: `auto` with no column mapped) rather than columns."""
+        mapped = any(v is not None for v in (self.text, self.prompt, self.template, self.response, self.label))
+        return self.format in CHAT_FORMATS or (self.format == "auto" and not mapped)
+
     @model_validator(mode="after")
     def _check(self) -> "LoadDataConfig":
+        if self.format in CHAT_FORMATS:
+            mapped = [f for f in ("text", "text_pair", "label", "label_names", "prompt", "response", "template")
+                      if getattr(self, f) is not None]
+            if mapped:
+                raise ValueError(f"`format: {self.format}` reads whole conversations: drop {', '.join(f'`{f}`' for f in mapped)}")
+            if self.stratify or self.balance is not None:
+                raise ValueError("chat data has no labels: drop `stratify` and `balance`")
+            return self
+        if self.is_chat():
+            if self.text_pair is not None or self.label_names is not None or self.stratify or self.balance is not None:
+                raise ValueError("map at least one text column: `text` (classification) or `prompt`/`template` (instructions)")
+            return self  # chat data, its format detected by its columns when it is read
         if self.text is None and self.prompt is None and self.template is None:
-            raise ValueError("map at least one text column: `text` (classification) or `prompt`/`template` (instructions)")
+            raise ValueError("map at least one text column: `text` (classification) or `prompt`/`template` (instructions), "
+                             "or read chat data (`format: messages | sharegpt | alpaca`)")
         if self.text is not None and (self.prompt is not None or self.template is not None):
             raise ValueError("give `text` (classification) or `prompt`/`template` (instructions), not both")
         if self.text_pair is not None and self.text is None:

@@ -4,25 +4,67 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from typing import Any
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from ..base import Adapter, Dataset, HfModel, Ref, StepConfig, StrictModel
 from ..registry import register_step
 
 
-class TrainingSettings(StrictModel):
-    """The settings people expect from transformers' `TrainingArguments`, shared by the training passes."""
+def _hf_name(ours: str, theirs: str) -> AliasChoices:
+    """Accept `theirs` (the Hugging Face / PEFT name) for our field `ours`; the JSON Schema keeps ours."""
+    return AliasChoices(ours, theirs)
 
-    epochs: float = Field(3.0, gt=0, le=1000, description="Passes over the train split (ignored when `max_steps` is set).")
+
+#: The optimizers of transformers' `optim` that run without extra packages (the 8-bit ones need bitsandbytes).
+OPTIMIZERS = ("adamw_torch_fused", "adamw_torch", "adafactor", "sgd", "adagrad", "rmsprop",
+              "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "lion_32bit", "lion_8bit")
+
+
+class TrainingSettings(StrictModel):
+    """The settings people expect from transformers' `TrainingArguments`, shared by the training passes.
+
+    Fields with a Hugging Face / PEFT name of their own accept it too (`num_train_epochs` for `epochs`);
+    giving both names is an error. `HF_NAMES` lists them.
+    """
+
+    #: Hugging Face / PEFT field names accepted for ours (the same meaning): theirs -> ours.
+    HF_NAMES: ClassVar[dict[str, str]] = {
+        "num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size", "lr_scheduler_type": "lr_scheduler",
+    }
+
+    epochs: float = Field(3.0, gt=0, le=1000, validation_alias=_hf_name("epochs", "num_train_epochs"),
+                          description="Passes over the train split (ignored when `max_steps` is set); "
+                          "`num_train_epochs` is accepted too.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
     learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate.")
-    batch_size: int = Field(16, ge=1, le=4096, description="Examples per device per step.")
+    batch_size: int = Field(16, ge=1, le=4096, validation_alias=_hf_name("batch_size", "per_device_train_batch_size"),
+                            description="Examples per device per step; `per_device_train_batch_size` is accepted too.")
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024, description="Steps to accumulate before an update.")
     weight_decay: float = Field(0.0, ge=0, lt=1, description="AdamW weight decay.")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps with a linear warm-up.")
     lr_scheduler: Literal[
         "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
-    ] = Field("linear", description="The learning-rate schedule.")
+    ] = Field("linear", validation_alias=_hf_name("lr_scheduler", "lr_scheduler_type"),
+              description="The learning-rate schedule; `lr_scheduler_type` is accepted too.")
+    max_grad_norm: float = Field(1.0, ge=0, description="Clip the gradient norm to this (0: no clipping; transformers' default 1.0).")
+    optim: Literal[OPTIMIZERS] = Field(  # type: ignore[valid-type]
+        "adamw_torch_fused", description="The optimizer (transformers' `optim`; default: its own, fused AdamW). "
+        "The 8-bit and paged ones need bitsandbytes.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass (less memory, ~30% more time)."
+    )
+    save_steps: int | None = Field(
+        None, ge=1, description="Save a resumable checkpoint every N optimizer steps (in the cache's `checkpoints/` folder; "
+        "removed once the step is cached). Default: every 50 steps, and at every evaluation when the step evaluates "
+        "(then it must be a multiple of `eval_steps`; with `eval_strategy: epoch` and a validation split, checkpoints "
+        "follow the epochs). "
+        "Does not change the result.")
+    save_total_limit: int = Field(
+        2, ge=1, le=100, description="Checkpoints kept on disk (the newest; the best evaluated one is kept as well). "
+        "Does not change the result.")
     max_length: int = Field(128, ge=8, le=32768, description="Tokens per example; longer inputs are truncated.")
     seed: int = Field(42, description="Seed for initialisation, shuffling and dropout.")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
@@ -45,6 +87,22 @@ class TrainingSettings(StrictModel):
     packing: bool = Field(
         False, description="causal-lm: pack whole train examples into rows of up to `max_length` tokens."
     )
+    train_on: Literal["all_assistant", "last_turn", "all"] = Field(
+        "all_assistant", description="causal-lm chat data: learn every assistant turn (default), only the last one, "
+        "or every token (`all`, as `train_on_prompt: true`). Instruction pairs learn their response either way."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_name_per_field(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for theirs, ours in cls.HF_NAMES.items():
+                if theirs in data and ours in data:
+                    raise PydanticCustomError(
+                        "both_names", "`{theirs}` is the Hugging Face name of `{ours}`: give one of them, not both",
+                        {"theirs": theirs, "ours": ours, "hint": f"keep `{ours}: {data[ours]}` or `{theirs}: {data[theirs]}`"},
+                    )
+        return data
 
     @model_validator(mode="after")
     def _check_training(self) -> "TrainingSettings":
@@ -52,10 +110,16 @@ class TrainingSettings(StrictModel):
             raise ValueError("`eval_strategy: steps` needs `eval_steps`")
         if self.early_stopping_patience is not None and self.eval_strategy == "no":
             raise ValueError("`early_stopping_patience` needs evaluation: set `eval_strategy` to epoch or steps")
+        if self.save_steps is not None and self.eval_strategy == "steps" and self.save_steps % (self.eval_steps or 1):
+            raise ValueError(f"`save_steps` ({self.save_steps}) must be a multiple of `eval_steps` ({self.eval_steps}): "
+                             "the best evaluation is reloaded from its checkpoint")
+        if self.train_on_prompt and self.train_on != "all" and "train_on" in self.model_fields_set:
+            raise ValueError("`train_on_prompt: true` learns every token, as `train_on: all`: give one of them")
         return self
 
 
-_TRAIN_KEY_EXCLUDE = frozenset({"logging_steps"})
+#: Fields that do not change what training produces (logging, checkpointing).
+_TRAIN_KEY_EXCLUDE = frozenset({"logging_steps", "save_steps", "save_total_limit"})
 
 
 @register_step
@@ -68,12 +132,24 @@ class LoraConfig(TrainingSettings, StepConfig):
     task: Literal["text-classification", "causal-lm"] | None = Field(
         None, description="What to train for; default: the base model step's task."
     )
+    HF_NAMES: ClassVar[dict[str, str]] = TrainingSettings.HF_NAMES | {"lora_alpha": "alpha", "lora_dropout": "dropout"}
+
     r: int = Field(8, ge=1, le=1024, description="LoRA rank.")
-    alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
-    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    alpha: float = Field(16, gt=0, validation_alias=_hf_name("alpha", "lora_alpha"),
+                         description="LoRA scaling numerator (scale = alpha / r, or alpha / sqrt(r) with `use_rslora`); "
+                         "`lora_alpha` is accepted too.")
+    dropout: float = Field(0.05, ge=0, lt=1, validation_alias=_hf_name("dropout", "lora_dropout"),
+                           description="Dropout on the LoRA input; `lora_dropout` is accepted too.")
     target_modules: list[str] | None = Field(
         None, min_length=1, description="Module names to adapt; default: picked per architecture."
     )
+    use_dora: bool = Field(False, description="DoRA: learn each weight's magnitude apart from its LoRA direction (PEFT `use_dora`).")
+    use_rslora: bool = Field(False, description="Rank-stabilized LoRA: scale by alpha / sqrt(r) (PEFT `use_rslora`).")
+    modules_to_save: list[str] | None = Field(
+        None, min_length=1, description="Modules trained in full and saved with the adapter (e.g. `lm_head`, `embed_tokens`); "
+        "a new classification head is always added.")
+    bias: Literal["none", "all", "lora_only"] = Field(
+        "none", description="Which biases train (PEFT `bias`): none, all, or those of the adapted layers.")
 
     output_kind: ClassVar[str] = "adapter"
     key_exclude: ClassVar[frozenset[str]] = _TRAIN_KEY_EXCLUDE
@@ -90,7 +166,7 @@ class QloraConfig(LoraConfig):
         "float32", description="The dtype the 4-bit layers compute in (float16 needs a GPU)."
     )
     gradient_checkpointing: bool = Field(
-        True, description="Recompute activations in the backward pass (less memory, ~30% more time)."
+        True, description="Recompute activations in the backward pass (less memory, ~30% more time; on by default for QLoRA)."
     )
 
 
