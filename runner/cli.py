@@ -41,6 +41,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """Show the run order, each step's key and whether it will run, and why."""
+    from rich.text import Text
+
     from .execute import plan_workflow
 
     loaded = _load(args)
@@ -50,11 +52,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return EXIT_OK
     tbl = table(title=f"plan: {loaded.workflow.name}", title_justify="left")
     for col in ("step", "type", "produces", "key", "status"):
-        tbl.add_column(col)
+        tbl.add_column(col, overflow="fold")
     for r in rows:
         status = "cached" if r.status == "cached" else f"{r.status}: {r.reason}"
-        tbl.add_row(r.name, r.type, r.kind, r.key[:12] if r.key else "(pending)", status,
-                      style="dim" if r.status == "cached" else None)
+        # Text, not markup: a matrix variant's name `q[method=int4]` would read as a style tag
+        tbl.add_row(Text(r.name), r.type, r.kind, r.key[:12] if r.key else "(pending)", Text(status),
+                    style="dim" if r.status == "cached" else None)
     out.print(tbl)
     todo = sum(r.status == "will run" for r in rows)
     maybe = sum(r.status not in ("cached", "will run") for r in rows)
@@ -68,9 +71,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .execute import run_workflow
     from .records import RunOptions
 
+    from pipelines.matrix import expand_names
+
     loaded = _load(args)
-    options = RunOptions(cache_dir=args.cache_dir, output=args.output, force=args.force or (),
-                         only=args.only or (), fail_fast=args.fail_fast, quiet=args.quiet)
+    # `--only q` / `--force q` on a matrix step: every variant of it
+    options = RunOptions(cache_dir=args.cache_dir, output=args.output, force=expand_names(args.force or (), loaded.variants),
+                         only=expand_names(args.only or (), loaded.variants), fail_fast=args.fail_fast, quiet=args.quiet)
     result = run_workflow(loaded, options)
     return result.exit_code
 
