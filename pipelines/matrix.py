@@ -333,12 +333,12 @@ def search_issues(expansion: Expansion, steps: dict, positions: Positions) -> li
             continue
         where = ("steps", name, SEARCH_KEY, "objective")
         target = steps.get(objective.evaluate)
-        if target is None or target.step_type() != "evaluate":
+        if target is None or not isinstance(getattr(target, "models", None), list):
             what = "is not a step" if target is None else f"is a {target.step_type()} step"
             issues.append(positions.issue(where + ("evaluate",), f"{objective.evaluate!r} {what}: the objective is read "
                                           "from an evaluate step's metrics", did_you_mean(objective.evaluate, steps)))
             continue
-        if GOAL_METRICS[objective.metric] not in target.metrics:
+        if GOAL_METRICS[objective.metric] not in (getattr(target, "metrics", None) or []):
             issues.append(positions.issue(where, f"{objective.evaluate!r} does not measure {objective.metric}",
                                           f"add `{GOAL_METRICS[objective.metric]}` to its `metrics`"))
         downstream = set(expansion.variants.get(name, []))

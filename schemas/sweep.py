@@ -14,7 +14,6 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from .base import StepName, StrictModel
-from .steps.evaluate import GOAL_METRICS
 
 #: The two keys a step may carry besides its config's fields; taken away by the expansion.
 MATRIX_KEY, SEARCH_KEY = "matrix", "search"
@@ -33,6 +32,8 @@ class ObjectiveTerm(StrictModel):
     def _one_direction(self) -> "ObjectiveTerm":
         if (self.minimize is None) == (self.maximize is None):
             raise ValueError("an objective term needs exactly one of `minimize` or `maximize`")
+        from .steps.evaluate import GOAL_METRICS  # here: schemas.steps imports this module
+
         if self.metric not in GOAL_METRICS:
             raise ValueError(f"no metric {self.metric!r}; an objective can read {', '.join(GOAL_METRICS)}")
         return self
