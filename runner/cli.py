@@ -47,6 +47,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     loaded = _load(args)
     rows = plan_workflow(loaded, args.cache_dir)
+    for search in loaded.searches.values():  # tpe chooses its trials while it runs: the plan lists them all
+        if search.search.sampler == "tpe":
+            budget = min(search.search.max_samples or len(search.product), len(search.product))
+            for r in rows:
+                if r.name in loaded.variants.get(search.step, ()) and r.status != "cached":
+                    r.status, r.reason = "may run", f"tpe tries {budget} of these {len(search.product)} at run time"
     if args.json:
         out.print_json(json.dumps([r.__dict__ for r in rows]))
         return EXIT_OK
@@ -68,16 +74,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate, then run what is not cached."""
-    from .execute import run_workflow
     from .records import RunOptions
-
-    from pipelines.matrix import expand_names
+    from .search import run_with_search
 
     loaded = _load(args)
-    # `--only q` / `--force q` on a matrix step: every variant of it
-    options = RunOptions(cache_dir=args.cache_dir, output=args.output, force=expand_names(args.force or (), loaded.variants),
-                         only=expand_names(args.only or (), loaded.variants), fail_fast=args.fail_fast, quiet=args.quiet)
-    result = run_workflow(loaded, options)
+    options = RunOptions(cache_dir=args.cache_dir, output=args.output, force=args.force or (),
+                         only=args.only or (), fail_fast=args.fail_fast, quiet=args.quiet)
+    result = run_with_search(loaded, options, args.set or ())
     return result.exit_code
 
 
