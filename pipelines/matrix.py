@@ -218,8 +218,8 @@ def _choose(search: Search, product: list[dict], trials: list[dict] | None) -> l
         order = list(range(len(product)))
         random.Random(search.seed).shuffle(order)  # the whole permutation: raising N keeps the first N
         return [product[i] for i in order[:n]]
-    if search.sampler == "tpe" and trials is not None:
-        return [t for t in trials if t in product]
+    if search.sampler == "tpe":
+        return product if trials is None else [t for t in trials if t in product]
     return product[:n]  # grid; tpe before its trials are known: every combination, to validate them all
 
 
