@@ -58,11 +58,11 @@ def objective_terms(objective: ObjectiveTerm | list[ObjectiveTerm]) -> list[Obje
 
 
 def objective_text(objective: ObjectiveTerm | list[ObjectiveTerm]) -> str:
-    """`minimize latency_p50_ms`, or `minimize 1*latency_p50_ms - 100*accuracy` for a weighted list."""
+    """`minimize latency_p50_ms`, or `minimize latency_p50_ms - 100*accuracy` for a weighted list."""
     terms = objective_terms(objective)
     if len(terms) == 1 and terms[0].weight == 1.0:
         return f"{'minimize' if terms[0].minimize else 'maximize'} {terms[0].metric}"
-    parts = [f"{'+' if t.minimize else '-'} {t.weight:g}*{t.metric}" for t in terms]
+    parts = [f"{'+' if t.minimize else '-'} {'' if t.weight == 1 else f'{t.weight:g}*'}{t.metric}" for t in terms]
     return "minimize " + " ".join(parts).removeprefix("+ ")
 
 
