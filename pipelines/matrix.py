@@ -198,9 +198,7 @@ def _own_coords(name: str, body: dict, types: dict, positions: Positions, out: E
         try:
             search = Search.model_validate(search_raw)
         except ValidationError as exc:
-            from .validate import pydantic_issues
-
-            out.issues += pydantic_issues(exc, Search, path + (SEARCH_KEY,), search_raw, positions)
+            out.issues += _search_errors(exc, path + (SEARCH_KEY,), positions)
             ok = False
     if not ok:
         return None
@@ -209,6 +207,19 @@ def _own_coords(name: str, body: dict, types: dict, positions: Positions, out: E
     chosen = _choose(search, product, trials)
     out.searches[name] = SearchPlan(name, search, fields, product, chosen)
     return chosen
+
+
+def _search_errors(exc: ValidationError, prefix: tuple, positions: Positions) -> list[Issue]:
+    """`search:`'s own errors at their place (its fields are few and flat: the loc is the path)."""
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(p for p in err["loc"] if isinstance(p, int) or p.isidentifier())
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = f"unknown field {loc[-1]!r}"
+        out.append(positions.issue(prefix + loc, message, did_you_mean(str(loc[-1]), Search.model_fields)
+                                   if err["type"] == "extra_forbidden" else None, prefer_key=err["type"] == "extra_forbidden"))
+    return out
 
 
 def _choose(search: Search, product: list[dict], trials: list[dict] | None) -> list[dict]:
