@@ -44,15 +44,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from rich.text import Text
 
     from .execute import plan_workflow
+    from .search import mark_tpe_trials
 
     loaded = _load(args)
-    rows = plan_workflow(loaded, args.cache_dir)
-    for search in loaded.searches.values():  # tpe chooses its trials while it runs: the plan lists them all
-        if search.search.sampler == "tpe":
-            budget = min(search.search.max_samples or len(search.product), len(search.product))
-            for r in rows:
-                if r.name in loaded.variants.get(search.step, ()) and r.status != "cached":
-                    r.status, r.reason = "may run", f"tpe tries {budget} of these {len(search.product)} at run time"
+    rows = mark_tpe_trials(loaded, plan_workflow(loaded, args.cache_dir))
     if args.json:
         out.print_json(json.dumps([r.__dict__ for r in rows]))
         return EXIT_OK

@@ -29,7 +29,7 @@ from pipelines.validate import LoadedWorkflow, load_workflow
 from schemas.errors import PipelineError
 
 from .console import RunConsole
-from .execute import run_workflow
+from .execute import PlanRow, run_workflow
 from .records import RunOptions, RunResult
 
 #: Proposals that repeat an earlier trial are told its value again; this many in a row end the search
@@ -40,6 +40,16 @@ MAX_REPEATS = 50
 def tpe_searches(loaded: LoadedWorkflow) -> list[SearchPlan]:
     """The workflow's tpe searches (the ones this module runs)."""
     return [p for p in loaded.searches.values() if p.search.sampler == "tpe"]
+
+
+def mark_tpe_trials(loaded: LoadedWorkflow, rows: list[PlanRow]) -> list[PlanRow]:
+    """`plan` lists every combination of a tpe search: those not cached `may run` (TPE picks at run time)."""
+    for plan in tpe_searches(loaded):
+        budget = min(plan.search.max_samples or len(plan.product), len(plan.product))
+        for row in rows:
+            if row.name in loaded.variants.get(plan.step, ()) and row.status != "cached":
+                row.status, row.reason = "may run", f"tpe tries {budget} of these {len(plan.product)} at run time"
+    return rows
 
 
 def run_with_search(loaded: LoadedWorkflow, options: RunOptions, overrides: Sequence[str] = ()) -> RunResult:
