@@ -90,6 +90,7 @@ def expand_matrices(data: dict, positions: Positions, trials: dict[str, list[dic
     refs = {name: _ref_fields(body, types) for name, body in raw.items()}
     done: dict[str, list[tuple[str, Coord]]] = {}  # step -> its variants (name, coordinates)
     new_steps: dict[str, Any] = {}
+    dropped: set[str] = set()
     for name in _order(raw, refs):
         body = raw[name]
         if not isinstance(body, dict) or not isinstance(name, str):
@@ -97,6 +98,7 @@ def expand_matrices(data: dict, positions: Positions, trials: dict[str, list[dic
         if "[" in name or "]" in name:
             out.issues.append(positions.issue(("steps", name), f"invalid step name {name!r}: `[` and `]` name matrix variants",
                                               "use letters, digits, `_` and `-`", prefer_key=True))
+            dropped.add(name)  # reported here; kept out so it cannot pass for (or replace) a variant
             continue
         own = _own_coords(name, body, types, positions, out, (trials or {}).get(name))
         if own is None:  # the matrix is reported; the rest of the step is still validated as one step
@@ -119,7 +121,7 @@ def expand_matrices(data: dict, positions: Positions, trials: dict[str, list[dic
         for vname in out.variants.get(name, [name]):
             if vname in new_steps:
                 ordered[vname] = new_steps[vname]
-            elif vname == name and name not in done:
+            elif vname == name and name not in done and name not in dropped:
                 ordered[name] = raw[name]  # left as written: its own problems are reported by validation
     data["steps"] = ordered
     return out

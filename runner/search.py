@@ -75,7 +75,11 @@ def run_with_search(loaded: LoadedWorkflow, options: RunOptions, overrides: Sequ
 def _search(loaded: LoadedWorkflow, plan: SearchPlan, options: RunOptions, overrides: Sequence[str],
             console: RunConsole) -> tuple[list[dict], RunResult | None]:
     """The distinct trials TPE proposed, in order; with the failed trial's run when one failed."""
-    import optuna
+    try:
+        import optuna
+    except ImportError:
+        raise PipelineError(f"search {plan.step}: the tpe sampler runs on Optuna, which is not installed: "
+                            "pip install optuna (the `olive` extra brings it), or use sampler random") from None
 
     objective = plan.search.objective
     assert objective is not None  # schemas.sweep.Search requires it for tpe
