@@ -170,24 +170,30 @@ def _pareto(folder: Path, ranked: list[Candidate], chosen: str) -> str | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.4), squeeze=False)
+    # points are numbered (variant names are long and overlap); the legend below says which is which
+    number = {c.name: i for i, c in enumerate(ranked, 1)}
+    ok = {c.name for c in ranked if c.eligible}
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.4 + 0.22 * len(ranked)), squeeze=False)
+    handles = {}
     for ax, (metric, label) in zip(axes[0], panels):
         points = [(c.name, float(c.metrics[metric]), float(c.metrics["accuracy"])) for c in ranked
                   if metric in c.metrics and "accuracy" in c.metrics]
         front = sorted((p for p in points if p[0] in pareto_front(points)), key=lambda p: p[1])
-        ax.plot([p[1] for p in front], [p[2] for p in front], "--", color="tab:blue", alpha=0.6, label="Pareto front")
-        ok = {c.name for c in ranked if c.eligible}
+        ax.plot([p[1] for p in front], [p[2] for p in front], "--", color="tab:blue", alpha=0.6)
         for name, x, y in points:
             style = dict(marker="*", s=260, color="tab:red", zorder=4) if name == chosen else \
                 dict(marker="o", s=50, color="tab:blue" if name in ok else "lightgrey", zorder=3)
-            ax.scatter([x], [y], **style)
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=7)
+            handles[name] = ax.scatter([x], [y], **style)
+            ax.annotate(str(number[name]), (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
         ax.set_xlabel(f"{label}, lower is better")
         ax.set_ylabel("accuracy")
-        ax.set_title(f"accuracy vs {label.split(' (')[0]} (★ chosen, grey: misses a constraint)", fontsize=9)
+        ax.set_title(f"accuracy vs {label.split(' (')[0]}: Pareto front dashed", fontsize=9)
         ax.grid(True, alpha=0.3)
         ax.margins(0.15)
-    fig.tight_layout()
+    notes = {chosen: " (chosen)", **{n: " (misses a constraint)" for n in number if n not in ok}}
+    fig.legend([handles[n] for n in number if n in handles], [f"{number[n]}: {n}{notes.get(n, '')}" for n in number
+               if n in handles], loc="lower center", ncol=2 if len(panels) > 1 else 1, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.03 + 0.04 * (len(ranked) + 1) / (2 if len(panels) > 1 else 1), 1, 1))
     fig.savefig(folder / PARETO_PNG, dpi=110)
     plt.close(fig)
     return PARETO_PNG
