@@ -104,6 +104,8 @@ def _search(loaded: LoadedWorkflow, plan: SearchPlan, options: RunOptions, overr
             result = run_workflow(one, replace(options, output=Path(out), force=(),
                                                only=expand_names([objective.evaluate], one.variants)))
         name = one.variants.get(plan.step, [plan.step])[0]
+        if result.status == "interrupted":
+            return trials, result
         if result.status not in ("ok", "goals_missed"):
             console.line(f"search {plan.step}: trial {len(trials) + 1} ({name}) failed; stopping the search", style="red")
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
