@@ -25,6 +25,7 @@ BUILTIN_PASSES = {
     "optimize_onnx": "passes.onnx.optimize",
     "quantize": "passes.onnx.quantize",
     "evaluate": "passes.evaluate.steps",
+    "select": "passes.evaluate.select",
     "olive": "passes.olive.run",
 }
 

@@ -8,7 +8,7 @@ even when earlier ones found problems wherever they still make sense, so the use
 from __future__ import annotations
 
 import importlib.metadata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,6 +22,7 @@ from schemas.suggest import did_you_mean
 from schemas.target import PROVIDER_SOURCES, TargetError, providers_from_packages, select_providers
 
 from .graph import StepGraph, build_graph, find_cycles, run_order
+from .matrix import SearchPlan, collapse_repeats, expand_matrices, search_issues
 from .overrides import apply_overrides
 from .yaml_loader import Positions, load_yaml, read_workflow_text
 
@@ -39,6 +40,10 @@ class LoadedWorkflow:
     graph: StepGraph
     order: list[str]
     warnings: list[Issue]
+    #: A `matrix:` step (or one fanned out behind it) -> its variants' names, in order.
+    variants: dict[str, list[str]] = field(default_factory=dict)
+    #: A matrix step -> its search (sampler, the whole product, the combinations in this DAG).
+    searches: dict[str, SearchPlan] = field(default_factory=dict)
 
     @property
     def folder(self) -> Path:
@@ -46,18 +51,25 @@ class LoadedWorkflow:
         return self.file.parent
 
 
-def load_workflow(path: str | Path, overrides: Sequence[str] = ()) -> LoadedWorkflow:
-    """Read, override and validate a workflow file; raise ConfigError listing every problem."""
+def load_workflow(path: str | Path, overrides: Sequence[str] = (),
+                  trials: dict[str, list[dict]] | None = None) -> LoadedWorkflow:
+    """Read, override and validate a workflow file; raise ConfigError listing every problem.
+
+    `trials`: for a `search: {sampler: tpe}` matrix step, the combinations tried so far (runner.search).
+    """
     file = Path(path)
     shown = str(path)
     data, positions = load_yaml(read_workflow_text(file), shown)
     apply_overrides(data, overrides, positions)
-    return check_workflow(data, positions, file.resolve().parent, file.resolve())
+    return check_workflow(data, positions, file.resolve().parent, file.resolve(), trials)
 
 
-def check_workflow(data: dict, positions: Positions, folder: Path, file: Path | None = None) -> LoadedWorkflow:
+def check_workflow(data: dict, positions: Positions, folder: Path, file: Path | None = None,
+                   trials: dict[str, list[dict]] | None = None) -> LoadedWorkflow:
     """Validate loaded data (see the module docstring); raise ConfigError with every issue."""
     issues: list[Issue] = []
+    expansion = expand_matrices(data, positions, trials)  # before anything reads `steps`: variants are steps
+    issues += expansion.issues
     raw_steps = data.get("steps")
     header_data = {**data, "steps": raw_steps if isinstance(raw_steps, dict) else {}}
     header: WorkflowHeader | None = None
@@ -70,7 +82,8 @@ def check_workflow(data: dict, positions: Positions, folder: Path, file: Path | 
     elif isinstance(raw_steps, dict) and not raw_steps:
         issues.append(positions.issue(("steps",), "the workflow has no steps"))
 
-    steps = _check_steps(raw_steps if isinstance(raw_steps, dict) else {}, positions, issues)
+    generated = {v for names in expansion.variants.values() for v in names}
+    steps = _check_steps(raw_steps if isinstance(raw_steps, dict) else {}, positions, issues, generated)
     steps = {name: cfg.with_defaults_from(steps) for name, cfg in steps.items()}
     known = set(raw_steps) if isinstance(raw_steps, dict) else set()
     issues += _check_references(steps, known, positions)
@@ -86,16 +99,26 @@ def check_workflow(data: dict, positions: Positions, folder: Path, file: Path | 
     issues += _check_paths(steps, positions, folder)
     outputs = data.get("outputs") if isinstance(data.get("outputs"), dict) else {}
     for out_name, step in outputs.items():
-        if isinstance(step, str) and step not in known:
+        if isinstance(step, str) and step in expansion.variants:
+            issues.append(positions.issue(("outputs", out_name), f"{step!r} is a matrix of {len(expansion.variants[step])} "
+                                          "variants: an output is one model",
+                                          "pick one with a `select` step, or name a variant, e.g. "
+                                          f"{expansion.variants[step][0]!r}"))
+        elif isinstance(step, str) and step not in known:
             issues.append(positions.issue(("outputs", out_name), f"unknown step {step!r}", did_you_mean(step, known)))
     if header is not None:  # the azureml: section names steps too: check them as references are checked
         issues += [positions.issue(("azureml",) + path, message, hint)
-                   for path, message, hint in header.azureml.step_issues(steps, known)]
+                   for path, message, hint in header.azureml.step_issues(steps, known | set(expansion.variants))]
+    issues += search_issues(expansion, steps, positions)
+    for name, cfg in steps.items():  # checks across steps that a config declares (select: its evaluate step)
+        checker = getattr(cfg, "step_issues", None)
+        if callable(checker):
+            issues += [positions.issue(("steps", name) + tuple(p), m, h) for p, m, h in checker(steps)]
     target = header.target if header else Target()
     warnings = _check_targets(target, steps, positions, folder)
     issues += [w for w in warnings if w.severity == "error"]
     if issues:
-        raise ConfigError(_sorted(issues))
+        raise ConfigError(collapse_repeats(_sorted(issues)))
     assert header is not None
     workflow = Workflow(
         version=header.version, name=header.name, description=header.description,
@@ -103,17 +126,19 @@ def check_workflow(data: dict, positions: Positions, folder: Path, file: Path | 
         tracking=header.tracking,
     )
     return LoadedWorkflow(workflow, file or folder / "<workflow>", positions, graph, run_order(graph),
-                          [w for w in warnings if w.severity != "error"])
+                          collapse_repeats([w for w in warnings if w.severity != "error"]),
+                          expansion.variants, expansion.searches)
 
 
-def _check_steps(raw: dict, positions: Positions, issues: list[Issue]) -> dict[str, StepConfig]:
+def _check_steps(raw: dict, positions: Positions, issues: list[Issue], generated: set[str] = frozenset()) -> dict[str, StepConfig]:
+    """Each step by its config class; `generated` are the matrix variants' names (brackets allowed there only)."""
     import re
 
     types = step_types()
     steps: dict[str, StepConfig] = {}
     for name, body in raw.items():
         path = ("steps", name)
-        if not isinstance(name, str) or not re.match(STEP_NAME_PATTERN, name):
+        if name not in generated and (not isinstance(name, str) or not re.match(STEP_NAME_PATTERN, name)):
             issues.append(positions.issue(path, f"invalid step name {name!r}",
                                           "use letters, digits, `_` and `-`, starting with a letter", prefer_key=True))
             continue

@@ -41,20 +41,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """Show the run order, each step's key and whether it will run, and why."""
+    from rich.text import Text
+
     from .execute import plan_workflow
+    from .search import mark_tpe_trials
 
     loaded = _load(args)
-    rows = plan_workflow(loaded, args.cache_dir)
+    rows = mark_tpe_trials(loaded, plan_workflow(loaded, args.cache_dir))
     if args.json:
         out.print_json(json.dumps([r.__dict__ for r in rows]))
         return EXIT_OK
     tbl = table(title=f"plan: {loaded.workflow.name}", title_justify="left")
     for col in ("step", "type", "produces", "key", "status"):
-        tbl.add_column(col)
+        tbl.add_column(col, overflow="fold")
     for r in rows:
         status = "cached" if r.status == "cached" else f"{r.status}: {r.reason}"
-        tbl.add_row(r.name, r.type, r.kind, r.key[:12] if r.key else "(pending)", status,
-                      style="dim" if r.status == "cached" else None)
+        # Text, not markup: a matrix variant's name `q[method=int4]` would read as a style tag
+        tbl.add_row(Text(r.name), r.type, r.kind, r.key[:12] if r.key else "(pending)", Text(status),
+                    style="dim" if r.status == "cached" else None)
     out.print(tbl)
     todo = sum(r.status == "will run" for r in rows)
     maybe = sum(r.status not in ("cached", "will run") for r in rows)
@@ -65,13 +69,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate, then run what is not cached."""
-    from .execute import run_workflow
     from .records import RunOptions
+    from .search import run_with_search
 
     loaded = _load(args)
     options = RunOptions(cache_dir=args.cache_dir, output=args.output, force=args.force or (),
                          only=args.only or (), fail_fast=args.fail_fast, quiet=args.quiet, track=args.track)
-    result = run_workflow(loaded, options)
+    result = run_with_search(loaded, options, args.set or ())
     return result.exit_code
 
 

@@ -7,6 +7,7 @@ run, unless `fail_fast`. The run leaves `run.json`, `report.md` and `logs/run.lo
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import traceback
@@ -268,7 +269,9 @@ def _run_step(loaded: LoadedWorkflow, name: str, i: int, n: int, record: StepRec
         observer.step_finished(record, None)
         return
     record.seconds = time.monotonic() - t0
-    artifacts[name] = artifact
+    # under this workflow's name: an entry built by another workflow (or as another matrix variant) carries
+    # the name it was built under, and evaluate and select label their results by their inputs' names
+    artifacts[name] = dataclasses.replace(artifact, step=name)
     record.meta = artifact.meta
     record.summary = artifact.meta.get("summary")
     tail = f" · {record.summary}" if record.summary else ""

@@ -57,8 +57,9 @@ def copy_outputs(loaded: LoadedWorkflow, records: dict[str, StepRecord], artifac
             elif step in records:
                 console.line(f"output {out_name}: not written (step {step!r} {records[step].status})", style="yellow")
         for name, art in artifacts.items():
-            if art.kind == "metrics":
-                moves.append((_stage(art.path, staging / REPORTS_DIR / name), out_dir / REPORTS_DIR / name))
+            report = _report_folder(art)
+            if report is not None:
+                moves.append((_stage(report, staging / REPORTS_DIR / name), out_dir / REPORTS_DIR / name))
         _move_in(moves, staging)
     except OSError as exc:
         raise OutputError(_write_failure(out_dir, exc)) from None
@@ -182,11 +183,22 @@ def render_report(loaded: LoadedWorkflow, result: RunResult, artifacts: dict[str
             where = f"`{out_name}/`" if step in artifacts else "not written"
             lines.append(f"- {out_name} (from {step}): {where}")
     for name, art in artifacts.items():
-        report = art.path / "report.md"
-        if art.kind == "metrics" and report.exists():
-            body = report.read_text().replace("](", f"]({REPORTS_DIR}/{name}/")  # keep its images' links working
-            lines += ["", f"## Evaluation: {name}", "", _demote(body)]
+        folder = _report_folder(art)
+        if folder is not None and (folder / "report.md").exists():
+            body = (folder / "report.md").read_text().replace("](", f"]({REPORTS_DIR}/{name}/")  # keep its images' links working
+            lines += ["", f"## {'Evaluation' if art.kind == 'metrics' else 'Report'}: {name}", "", _demote(body)]
     return "\n".join(lines) + "\n"
+
+
+def _report_folder(art: Artifact) -> Path | None:
+    """Where a step's report is: an evaluation's whole folder, or the `report_dir` a model-producing step names
+    inside its artifact (`select` keeps its report next to the model it chose)."""
+    if art.kind == "metrics":
+        return art.path
+    sub = art.meta.get("report_dir")
+    if isinstance(sub, str) and sub and "/" not in sub and sub not in (".", "..") and (art.path / sub).is_dir():
+        return art.path / sub
+    return None
 
 
 def _demote(markdown: str) -> str:

@@ -18,7 +18,10 @@ KINDS: tuple[str, ...] = ("hf_model", "adapter", "onnx_model", "dataset", "metri
 
 #: Step names: what a reference holds, so they must be plain identifiers (YAML keys, folder names).
 STEP_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$"
-StepName = Annotated[str, StringConstraints(pattern=STEP_NAME_PATTERN)]
+#: What a reference may name: a step, or one variant of a `matrix:` step, `q[method=int4,per_channel=true]`
+#: (the names `pipelines.matrix` gives them; no `[`, `]` or line break inside the brackets).
+REF_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}(\[[^\[\]\n]{1,400}\])?$"
+StepName = Annotated[str, StringConstraints(pattern=REF_NAME_PATTERN)]
 
 
 class Kind:

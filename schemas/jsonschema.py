@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .catalog import step_types
+from .sweep import MATRIX_KEY, SEARCH_KEY, Search
 from .workflow import WorkflowHeader
 
 SCHEMA_ID = "https://github.com/pipeline-orchestrator/pipeline/schemas/workflow.json"
@@ -16,9 +17,18 @@ def workflow_json_schema() -> dict[str, Any]:
     defs = schema.setdefault("$defs", {})
     variants = []
     mapping = {}
+    search = Search.model_json_schema(mode="validation", ref_template="#/$defs/{model}")
+    defs.update(search.pop("$defs", {}))
+    defs["Search"] = search
     for name, cls in step_types().items():
         sub = cls.model_json_schema(mode="validation", ref_template="#/$defs/{model}")
         defs.update(sub.pop("$defs", {}))
+        # any step may sweep its fields (pipelines.matrix expands it before the config sees it)
+        sub.setdefault("properties", {})[MATRIX_KEY] = {
+            "type": "object", "description": "Field -> values: one step per combination (a sweep).",
+            "propertyNames": {"enum": [f for f in cls.model_fields if f != "type"]},
+            "additionalProperties": {"type": "array", "minItems": 1}}
+        sub["properties"][SEARCH_KEY] = {"$ref": "#/$defs/Search"}
         title = cls.__name__
         defs[title] = sub
         ref = f"#/$defs/{title}"

@@ -90,7 +90,9 @@ def calibration_texts(data: Artifact, split: str, n: int) -> list[Any]:
             f"the {split!r} split of {data.step!r} is empty: static_int8 has nothing to calibrate on; "
             "choose another `split` or use dynamic_int8"
         )
-    rows = rows.shuffle(seed=0).select(range(min(n, len(rows))))
+    # in memory: by default `shuffle` writes its indices file next to the dataset, inside the input's cache
+    # entry, which the next step then finds damaged (an unexpected file) and rebuilds
+    rows = rows.shuffle(seed=0, keep_in_memory=True).select(range(min(n, len(rows))), keep_in_memory=True)
     texts = rows["text"]
     pairs = rows["text_pair"] if "text_pair" in rows.column_names else [None] * len(texts)
     chosen = [t if p is None else (t, p) for t, p in zip(texts, pairs) if isinstance(t, str) and t.strip()]

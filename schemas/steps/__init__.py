@@ -4,6 +4,7 @@ from .data import LoadDataConfig
 from .evaluate import EvaluateConfig
 from .model import ModelConfig
 from .olive import OliveConfig
+from .select import SelectConfig
 from .onnx import ExportOnnxConfig, OptimizeOnnxConfig, QuantizeConfig, QuantPlan
 from .train import FinetuneConfig, LoraConfig, MergeAdapterConfig, QloraConfig, TrainingSettings
 
@@ -20,5 +21,6 @@ __all__ = [
     "QloraConfig",
     "QuantizeConfig",
     "QuantPlan",
+    "SelectConfig",
     "TrainingSettings",
 ]

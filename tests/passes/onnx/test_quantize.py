@@ -130,6 +130,7 @@ def test_dynamic_int8_options_and_exclusions(onnx_artifact, make_ctx):
 
 @pytest.mark.parametrize("calibration", ["minmax", "entropy", "percentile"])
 def test_static_int8(onnx_artifact, make_ctx, tiny_dataset, calibration):
+    before = sorted(p.relative_to(tiny_dataset.path) for p in tiny_dataset.path.rglob("*"))
     ctx, meta = quantize(onnx_artifact, make_ctx, data=tiny_dataset, step=f"s_{calibration}", method="static_int8",
                          calibration=calibration, calibration_samples=24, split="validation")
     counts = ops(ctx.out_dir)
@@ -138,6 +139,8 @@ def test_static_int8(onnx_artifact, make_ctx, tiny_dataset, calibration):
     (bar,) = ctx.bars
     assert bar.total == 16 and bar.completed == 16  # the validation split has 16 rows
     assert run_onnx(ctx.out_dir).shape == (len(TEXTS), 2)
+    # calibration reads its input and writes nothing into it (a cache entry; a new file there is damage)
+    assert sorted(p.relative_to(tiny_dataset.path) for p in tiny_dataset.path.rglob("*")) == before
 
 
 def test_static_int8_empty_split_is_an_error(onnx_artifact, make_ctx, tmp_path):
