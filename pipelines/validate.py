@@ -100,6 +100,7 @@ def check_workflow(data: dict, positions: Positions, folder: Path, file: Path | 
     workflow = Workflow(
         version=header.version, name=header.name, description=header.description,
         target=header.target, steps=steps, outputs=dict(header.outputs), azureml=header.azureml,
+        isolation=header.isolation,
     )
     return LoadedWorkflow(workflow, file or folder / "<workflow>", positions, graph, run_order(graph),
                           [w for w in warnings if w.severity != "error"])

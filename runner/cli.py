@@ -70,7 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     loaded = _load(args)
     options = RunOptions(cache_dir=args.cache_dir, output=args.output, force=args.force or (),
-                         only=args.only or (), fail_fast=args.fail_fast, quiet=args.quiet)
+                         only=args.only or (), fail_fast=args.fail_fast, quiet=args.quiet, jobs=args.jobs)
     result = run_workflow(loaded, options)
     return result.exit_code
 
@@ -282,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, help="output folder (default ./outputs/<workflow name>)")
     p.add_argument("--cache-dir", type=Path, help="the artifact cache (default $XDG_CACHE_HOME/pipeline)")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failing step")
+    p.add_argument("--jobs", "-j", type=_positive, default=1, metavar="N",
+                   help="run up to N independent steps at the same time, each in its own process (default 1)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors (the log file still gets everything)")
 
     p = workflow_cmd("step", "run one step from its inputs' artifacts (what each Azure ML pipeline node runs)", cmd_step)
@@ -326,6 +328,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--yes", action="store_true", help="do not ask")
     p.set_defaults(func=cmd_cache)
     return parser
+
+
+def _positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
+    return int(text)
 
 
 def _submit_parser(p: argparse.ArgumentParser) -> None:

@@ -21,6 +21,7 @@ class RunOptions:
     only: Sequence[str] = ()
     fail_fast: bool = False
     quiet: bool = False
+    jobs: int = 1  # steps at the same time, each in a worker process (runner.parallel)
 
 
 @dataclass
@@ -36,6 +37,8 @@ class StepRecord:
     summary: str | None = None
     error: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    #: How it was built: threads, isolation, memory estimate and (in a worker) peak memory in MB.
+    resources: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -6,7 +6,7 @@ from pydantic import AfterValidator, Field, StringConstraints, WithJsonSchema, f
 from typing_extensions import Annotated
 
 from .azureml import AzureML
-from .base import StepConfig, StepName, StrictModel
+from .base import Isolation, StepConfig, StepName, StrictModel
 from .target import DEFAULT_PROVIDERS, Device, StepTarget, Target  # noqa: F401  (re-exported)
 
 SUPPORTED_VERSIONS = (1,)
@@ -59,6 +59,9 @@ class WorkflowHeader(StrictModel):
         default_factory=AzureML,
         description="Where and how `pipeline submit` runs the workflow in Azure ML (optional; flags override it).",
     )
+    isolation: Isolation = Field(
+        "none", description="`process`: every step runs in a process of its own (a crash fails that step alone); a "
+                            "step's own `isolation` wins. `--jobs` > 1 always isolates steps.")
 
     @field_validator("version")
     @classmethod
@@ -78,3 +81,4 @@ class Workflow(StrictModel):
     steps: dict[str, StepConfig]
     outputs: dict[str, str]
     azureml: AzureML = Field(default_factory=AzureML)  # a factory: no model is built while importing
+    isolation: Isolation = "none"
