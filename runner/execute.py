@@ -35,6 +35,7 @@ from .records import RunOptions, RunResult, StepRecord
 from .preflight import check_cache_dir, prepare_output_dir
 from .report import OutputError, copy_outputs, write_run_files
 from .worker import BuildJob, RunnerContext  # noqa: F401  (RunnerContext: importable here too)
+from .worker import damage_reporter as _damage_reporter
 
 
 def workflow_id(loaded: LoadedWorkflow) -> str:
@@ -261,16 +262,6 @@ def _run_step(loaded: LoadedWorkflow, name: str, i: int, n: int, record: StepRec
         console.line(f"{head}: cached ({key[:12]}){tail}", style="dim")
     else:
         console.line(f"{head}: finished in {record.seconds:.1f} s ({key[:12]}){tail}", style="green")
-
-
-def _damage_reporter(console: RunConsole) -> DamageReport:
-    """Say on the console and in the run log that an entry was damaged and where it went."""
-    def report(key: str, step: str, problems: list[str], where: Path) -> None:
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        console.line(f"cache entry {key[:12]} (step {step}) is damaged: {'; '.join(problems[:3])}{more}; "
-                     f"moved to {where}; it will be rebuilt", style="yellow")
-
-    return report
 
 
 def _quarantine_if_damaged(artifact: Artifact, cache: Cache, report: DamageReport) -> bool:

@@ -25,7 +25,7 @@ from schemas import StepConfig, Target
 from schemas.errors import PipelineError
 from schemas.paths import resolve_local_path
 
-from .cache import Cache
+from .cache import Cache, DamageReport
 from .console import RunConsole
 
 
@@ -66,10 +66,18 @@ class RunnerContext:
         return resolve_local_path(value, self.workflow_dir)
 
 
+def damage_reporter(console: RunConsole) -> DamageReport:
+    """Say on the console and in the run log that an entry was damaged and where it went."""
+    def report(key: str, step: str, problems: list[str], where: Path) -> None:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        console.line(f"cache entry {key[:12]} (step {step}) is damaged: {'; '.join(problems[:3])}{more}; "
+                     f"moved to {where}; it will be rebuilt", style="yellow")
+
+    return report
+
+
 def build_here(job: BuildJob, cache: Cache, console: RunConsole) -> Artifact:
     """Run the pass in a temporary folder and commit its artifact (call it holding the key's lock)."""
-    from .execute import _damage_reporter  # execute runs its builds through here
-
     pass_cls = get_pass(job.config.step_type())
     with cache.workdir(job.key) as work:
         ctx = RunnerContext(job.step, work / "data", job.target, job.workflow_dir, console)
@@ -79,7 +87,7 @@ def build_here(job: BuildJob, cache: Cache, console: RunConsole) -> Artifact:
         if job.replace:
             cache.remove(job.key)
         return cache.commit(job.key, work, kind=job.kind, step=job.step, pass_type=job.config.step_type(), meta=meta,
-                            key_parts=job.key_parts, on_damage=_damage_reporter(console))
+                            key_parts=job.key_parts, on_damage=damage_reporter(console))
 
 
 class ForwardingConsole(RunConsole):
