@@ -47,7 +47,7 @@ POLL_S = 0.1
 SIGNAL_MEANING = {
     "SIGSEGV": "a segmentation fault: a crash in native code",
     "SIGBUS": "a bus error: a crash in native code (or a file it had mapped was truncated)",
-    "SIGABRT": "an abort: native code (or os.abort) gave up",
+    "SIGABRT": "an abort: native code gave up, as abort() does",
     "SIGILL": "an illegal instruction: a library built for another CPU",
     "SIGFPE": "an arithmetic fault in native code",
     "SIGKILL": "killed from outside, most likely by the system's out-of-memory killer",
@@ -170,7 +170,7 @@ class Runtime:
             raise KeyboardInterrupt  # the run is stopping: the step is recorded as interrupted
         peak_text = f"{peak / 1000:.2f} GB" if peak >= 1000 else f"{peak:.0f} MB"
         if over_limit:
-            raise StepCrashed(f"out of memory: the step used {peak_text}, over its limit resources.max_memory_gb = "
+            raise StepCrashed(f"out of memory: the step used {peak / 1000:.2f} GB, over its limit resources.max_memory_gb = "
                               f"{limit:g}, and its process was stopped (SIGKILL) after {seconds:.1f} s; raise the "
                               "limit, or run it where there is more memory")
         if code < 0:

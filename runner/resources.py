@@ -112,7 +112,7 @@ def refusal(step: str, config: StepConfig, pass_cls: type[Pass], need: float, ho
 class MemoryGate:
     """Admits the builds of one run by memory: refuses what can never fit, holds back what fits only later."""
 
-    def __init__(self, available: Callable[[], float] = available_memory_mb):
+    def __init__(self, available: Callable[[], float] | None = None):
         self._available = available
         self._cond = threading.Condition()
         self._running: dict[str, list] = {}  # step -> [need MB, pid or None]
@@ -131,7 +131,7 @@ class MemoryGate:
         waiting = False
         with self._cond:
             while True:
-                free = self._available()
+                free = (self._available or available_memory_mb)()
                 used, taking = self._still_to_take()
                 if need > free + used:
                     raise refuse(free + used)
