@@ -326,7 +326,8 @@ def run_one_step(loaded: LoadedWorkflow, name: str, inputs: dict[str, Artifact],
     cache.claim(create=True)
     artifacts = dict(inputs)
     try:
-        _run_step(loaded, name, 1, 1, record, artifacts, cache, console, name in options.force)
+        _run_step(loaded, name, 1, 1, record, artifacts, cache, console, name in options.force, None,
+                  Runtime(default_isolation=loaded.workflow.isolation))
     finally:
         cache.fingerprints.close()
     return record, artifacts.get(name)
