@@ -82,7 +82,7 @@ class Runtime:
         def refuse(free: float) -> PipelineError:
             return refusal(job.step, config, pass_cls, need, how, free)
 
-        self.gate.admit(job.step, need, refuse, lambda text: console.line(f"      [{job.step}] {text}"))
+        self.gate.admit(job.step, need, refuse, lambda text: console.line(f"      [{job.step}] {text}"), self.stop)
         try:
             threads = threads_per_step(self.jobs, config.runs_alone())
             usage.update(threads=threads, isolation="process" if self.isolated(config) else "none")
@@ -101,8 +101,10 @@ class Runtime:
                # the worker imports what this process imports (tests' plugins, a source checkout)
                "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         started = time.monotonic()
+        # its own process group: a Ctrl-C at the terminal reaches the runner only, which stops its workers itself
+        # (SIGTERM, then SIGKILL), so no worker dies half-way through printing a traceback
         proc = subprocess.Popen([sys.executable, "-m", "runner.worker", str(send.fileno())], stdin=subprocess.PIPE,
-                                pass_fds=(send.fileno(),), env=env)
+                                pass_fds=(send.fileno(),), env=env, process_group=0)
         send.close()
         self.gate.attach(job.step, proc.pid)
         outcome: tuple | None = None
@@ -154,10 +156,14 @@ class Runtime:
                 if message[0] in ("done", "failed"):
                     outcome = message
         finally:
+            if proc.returncode is None:  # interrupted here (no --jobs): the worker must not outlive the run
+                proc.terminate()
+                try:
+                    proc.wait(STOP_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
             receive.close()
-            if proc.returncode is None:  # this thread was interrupted: the worker must not outlive the run
-                proc.kill()
-                proc.wait()
             for stale in cache.stale_work(job.key):
                 shutil.rmtree(stale.path, ignore_errors=True)
         usage["peak_memory_mb"] = round(peak)
@@ -166,8 +172,8 @@ class Runtime:
 
     def _outcome(self, job: BuildJob, cache: Cache, console: RunConsole, code: int, outcome: tuple | None, peak: float,
                  limit: float | None, over_limit: bool, stopped: bool, seconds: float) -> Artifact:
-        if stopped:
-            raise KeyboardInterrupt  # the run is stopping: the step is recorded as interrupted
+        if stopped or code in (130, 143):
+            raise KeyboardInterrupt  # the run is stopping (or the worker was): the step is recorded as interrupted
         peak_text = f"{peak / 1000:.2f} GB" if peak >= 1000 else f"{peak:.0f} MB"
         if over_limit:
             raise StepCrashed(f"out of memory: the step used {peak / 1000:.2f} GB, over its limit resources.max_memory_gb = "

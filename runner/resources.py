@@ -126,11 +126,15 @@ class MemoryGate:
             taking += max(0.0, need - rss)
         return used, taking
 
-    def admit(self, step: str, need: float, refuse: Callable[[float], MemoryRefused], log: Callable[[str], None]) -> None:
-        """Block until `need` MB fits beside the running builds; raise `refuse(free)` if it never can."""
+    def admit(self, step: str, need: float, refuse: Callable[[float], MemoryRefused], log: Callable[[str], None],
+              stop: threading.Event | None = None) -> None:
+        """Block until `need` MB fits beside the running builds; raise `refuse(free)` if it never can, and
+        KeyboardInterrupt if the run is stopped (`stop`) while it waits."""
         waiting = False
         with self._cond:
             while True:
+                if stop is not None and stop.is_set():
+                    raise KeyboardInterrupt
                 free = (self._available or available_memory_mb)()
                 used, taking = self._still_to_take()
                 if need > free + used:

@@ -101,11 +101,19 @@ class ForwardingConsole(RunConsole):
 
     def write_log(self, text: str) -> None:
         """To the run log only (through the runner)."""
-        self._conn.send(("log", text))
+        _send(self._conn, ("log", text))
 
     def line(self, text: str, style: str | None = None) -> None:
         """To the console and the run log (through the runner)."""
-        self._conn.send(("line", text, style))
+        _send(self._conn, ("line", text, style))
+
+
+def _send(conn: Connection, message: tuple) -> None:
+    """Send to the runner; if it has stopped listening (it is stopping this worker), say nothing."""
+    try:
+        conn.send(message)
+    except OSError:  # BrokenPipeError: a log line is not worth a traceback while the run stops
+        pass
 
 
 def _describe(exc: BaseException) -> str:
@@ -133,9 +141,9 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:  # the temporary folder is gone already (workdir's cleanup)
         return 130
     except BaseException as exc:  # noqa: BLE001 - reported to the runner, which fails this step only
-        conn.send(("failed", _describe(exc), traceback.format_exc()))
+        _send(conn, ("failed", _describe(exc), traceback.format_exc()))
         return 1
-    conn.send(("done", peak_memory_mb()))
+    _send(conn, ("done", peak_memory_mb()))
     return 0
 
 

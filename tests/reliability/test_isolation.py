@@ -71,27 +71,32 @@ steps:
 """
 
 
-def test_ctrl_c_stops_every_worker(tmp_path):
+@pytest.mark.parametrize("sig, code, how, working", [
+    pytest.param(signal.SIGINT, 130, ["--jobs", "2"], {"a", "b"}, id="sigint-two-workers"),
+    pytest.param(signal.SIGTERM, 143, ["--jobs", "2"], {"a", "b"}, id="sigterm-two-workers"),
+    pytest.param(signal.SIGINT, 130, ["--set", "isolation=process"], {"a"}, id="sigint-isolated"),
+])
+def test_ctrl_c_stops_every_worker(tmp_path, sig, code, how, working):
     wf = project(tmp_path / "proj", SLOW)
     cache_dir, out, counter = tmp_path / "cache", tmp_path / "out", tmp_path / "counter.txt"
-    proc = start("run", wf, "--cache-dir", cache_dir, "--output", out, "--jobs", "2", counter=counter)
+    proc = start("run", wf, "--cache-dir", cache_dir, "--output", out, *how, counter=counter)
     deadline = time.time() + 60
-    while time.time() < deadline and not {"a", "b"} <= set(counter.read_text().split() if counter.exists() else []):
+    while time.time() < deadline and not working <= set(counter.read_text().split() if counter.exists() else []):
         time.sleep(0.05)
     workers = psutil.Process(proc.pid).children(recursive=True)
-    assert len(workers) == 2  # both steps are working, each in its own process
+    assert len(workers) == len(working)  # each working step in its own process
     t0 = time.monotonic()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=60)
     TALLY["signals"] += 1
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == code, stderr
     assert time.monotonic() - t0 < 8
     no_traceback(stdout, stderr)
     gone, alive = psutil.wait_procs(workers, timeout=1)
     assert not alive
     doc = json.loads((out / "run.json").read_text())
     assert doc["status"] == "interrupted"
-    assert {doc["steps"][s]["error"] for s in ("a", "b")} == {"interrupted"}
+    assert {doc["steps"][s]["error"] for s in working} == {"interrupted"}
     assert {e.step for e in Cache(cache_dir).entries()} == {"src"}
     assert not list((cache_dir / "tmp").iterdir())
     assert intact(cache_dir)
