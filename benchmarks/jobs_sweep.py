@@ -1,6 +1,8 @@
 """`--jobs 1` vs `--jobs 2` on the quantization comparison, side by side in one invocation.
 
-    python benchmarks/jobs_sweep.py [WORKFLOW]   (default: pipelines/recipes/spam-quantization-compare.yaml)
+    python benchmarks/jobs_sweep.py [WORKFLOW] [--set K=V]...
+        (default: pipelines/recipes/spam-quantization-compare.yaml; `--set` goes to every run, e.g.
+         `--set steps.tune.max_steps=20` to build the upstream faster: the variants' work does not change)
 
 The variants are the models the workflow's evaluate step compares, minus the baseline and what the
 others are built from (read from the workflow, never hard-coded: a `matrix:` sweep expands the same
@@ -30,7 +32,7 @@ def variants(workflow: Path) -> tuple[list[str], list[str]]:
     from pipelines.graph import needed_for
     from pipelines.validate import load_workflow
 
-    loaded = load_workflow(workflow)
+    loaded = load_workflow(workflow, OVERRIDES)
     report = next(n for n, c in loaded.workflow.steps.items() if c.step_type() == "evaluate")
     models = list(loaded.workflow.steps[report].models)
     ancestors = {a for m in models for a in needed_for(loaded.graph, [m]) - {m}}
@@ -39,8 +41,12 @@ def variants(workflow: Path) -> tuple[list[str], list[str]]:
     return chosen, upstream
 
 
+OVERRIDES: list[str] = []  # --set K=V given to this script, for every run
+
+
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "runner.cli", *args], capture_output=True, text=True, cwd=ROOT)
+    sets = [a for o in OVERRIDES for a in ("--set", o)] if args[0] in ("run", "plan") else []
+    return subprocess.run([sys.executable, "-m", "runner.cli", *args, *sets], capture_output=True, text=True, cwd=ROOT)
 
 
 def timed(workflow: Path, cache: Path, out: Path, steps: list[str], jobs: int) -> dict:
@@ -71,7 +77,12 @@ def cpu() -> str:
 
 
 def main() -> int:
-    workflow = Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "pipelines" / "recipes" / "spam-quantization-compare.yaml")
+    args = sys.argv[1:]
+    while "--set" in args:
+        at = args.index("--set")
+        OVERRIDES.append(args[at + 1])
+        del args[at:at + 2]
+    workflow = Path(args[0] if args else ROOT / "pipelines" / "recipes" / "spam-quantization-compare.yaml")
     chosen, upstream = variants(workflow)
     from runner.resources import cpu_cores
 
@@ -86,7 +97,8 @@ def main() -> int:
         seeded = json.loads((Path(tmp) / "seed-out" / "run.json").read_text())["steps"]
         plan = json.loads(cli("plan", str(workflow), "--cache-dir", str(seed), "--json").stdout)
         will_run = [r["name"] for r in plan if r["status"] != "cached"]
-        print(f"workflow   {workflow.name}; upstream built once in {time.perf_counter() - t0:.0f} s")
+        print(f"workflow   {workflow.name} (overrides: {' '.join(OVERRIDES) or 'none'}); upstream built once in "
+              f"{time.perf_counter() - t0:.0f} s")
         print(f"variants   {', '.join(chosen)} (the plan on the seeded cache runs: {', '.join(will_run)})")
         results = {}
         for jobs in (1, 2):
