@@ -122,6 +122,11 @@ class Pass(Generic[C]):
     #: What to try when a step of this pass does not fit in memory (besides another machine), for the refusal.
     memory_hint: ClassVar[str] = ""
 
+    @classmethod
+    def memory_for(cls, config: StepConfig) -> MemoryUse:
+        """The peak memory of a step with `config`: `memory`, unless what the pass does depends on the config."""
+        return cls.memory
+
     def __init__(self, config: C):
         if not isinstance(config, self.config_class):
             raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, not {type(config).__name__}")

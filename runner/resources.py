@@ -88,7 +88,7 @@ def memory_need_mb(config: StepConfig, pass_cls: type[Pass], inputs: dict[str, A
     if config.resources is not None and config.resources.memory_gb is not None:
         return config.resources.memory_gb * GB / MB, "its resources.memory_gb"
     size = inputs_size_mb(config, inputs, folder)
-    use = pass_cls.memory
+    use = pass_cls.memory_for(config)
     return use.estimate_mb(size), (f"estimated: {use.base_mb:.0f} MB for {config.step_type()}'s libraries + "
                                    f"{use.factor:g} x {size:.0f} MB of inputs")
 

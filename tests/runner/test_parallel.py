@@ -158,3 +158,24 @@ def test_runtime_isolates_with_jobs_with_a_limit_or_when_asked():
     assert [one.isolated(c) for c in configs.values()] == [False, True, True]
     assert all(Runtime(jobs=2).isolated(c) for c in configs.values())
     assert Runtime(jobs=1, default_isolation="process").isolated(configs["plain"])
+
+
+def test_the_estimate_is_each_pass_s_measured_use_and_a_lora_is_told_to_try_qlora(tmp_path):
+    from passes import get_pass
+    from schemas import step_types
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"\0" * 2_000_000)
+    lora = step_types()["lora"].model_validate({"type": "lora", "model": "base", "data": "sms"})
+    from passes import Artifact
+
+    inputs = {"model": Artifact("hf_model", model, {}, "d", "base")}
+    need, how = resources.memory_need_mb(lora, get_pass("lora"), inputs, tmp_path)
+    assert need == pytest.approx(500 + 8.5 * 2.0) and "8.5 x 2 MB of inputs" in how
+    message = str(resources.refusal("tune", lora, get_pass("lora"), 6000, how, 2000))
+    assert "needs about 6.0 GB" in message and "only 2.0 GB is available" in message and "`type: qlora`" in message
+    source = step_types()["model"]
+    folder = source.model_validate({"type": "model", "path": "model"})
+    gguf = source.model_validate({"type": "model", "path": "model", "gguf_file": "m.gguf"})
+    assert get_pass("model").memory_for(folder).factor == 0 and get_pass("model").memory_for(gguf).factor == 4
