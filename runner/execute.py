@@ -1,9 +1,9 @@
 """Running a checked workflow: keys, cache hits, building under a lock, failures, outputs.
 
-Steps run in topological order in this process (with `--jobs` N, up to N at once: `runner.parallel`;
-each step is built here or in a worker process of its own: `runner.isolation`). A step whose key is in the cache is not run. A step
-that fails is recorded (never cached); the steps that depend on it are skipped and the others still
-run, unless `fail_fast`. The run leaves `run.json`, `report.md` and `logs/run.log` in the output folder.
+Steps run in topological order (with `--jobs` N, up to N at once: `runner.parallel`), each built in
+this process or in a worker process of its own (`runner.isolation`). A step whose key is in the cache
+is not run. A step that fails is recorded (never cached); the steps that depend on it are skipped and
+the others still run, unless `fail_fast`. The run leaves `run.json`, `report.md` and `logs/run.log` in the output folder.
 """
 
 from __future__ import annotations

@@ -178,9 +178,9 @@ def render_report(loaded: LoadedWorkflow, result: RunResult, artifacts: dict[str
         ran_on = (r.meta.get("execution") or {}).get("provider")
         if ran_on:
             detail += f" (on {ran_on})"
-        if r.resources.get("threads"):
-            peak = r.resources.get("peak_memory_mb")
-            detail += f" ({r.resources['threads']} thread{'s' if r.resources['threads'] != 1 else ''}" + (f", peak {peak} MB)" if peak is not None else ")")
+        threads, peak = r.resources.get("threads"), r.resources.get("peak_memory_mb")
+        if threads:
+            detail += f" ({threads} thread{'s' if threads != 1 else ''}" + (f", peak {peak} MB)" if peak is not None else ")")
         lines.append(f"| {name} | {r.type} | {r.status} | {r.seconds:.1f} s | {(r.key or '')[:12]} | {detail} |")
     if wf.outputs:
         lines += ["", "## Outputs", ""]
