@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from runner.cache import Cache
-from tests.reliability.common import TALLY, intact, no_traceback, project, start
+from tests.reliability.common import intact, no_traceback, project, start, stop
 
 BRANCHES = """
 version: 1
@@ -85,13 +85,7 @@ def test_ctrl_c_stops_every_worker(tmp_path, sig, code, how, working):
         time.sleep(0.05)
     workers = psutil.Process(proc.pid).children(recursive=True)
     assert len(workers) == len(working)  # each working step in its own process
-    t0 = time.monotonic()
-    proc.send_signal(sig)
-    stdout, stderr = proc.communicate(timeout=60)
-    TALLY["signals"] += 1
-    assert proc.returncode == code, stderr
-    assert time.monotonic() - t0 < 8
-    no_traceback(stdout, stderr)
+    stop(proc, sig, code, within=8)
     gone, alive = psutil.wait_procs(workers, timeout=1)
     assert not alive
     doc = json.loads((out / "run.json").read_text())

@@ -179,3 +179,21 @@ def test_the_estimate_is_each_pass_s_measured_use_and_a_lora_is_told_to_try_qlor
     folder = source.model_validate({"type": "model", "path": "model"})
     gguf = source.model_validate({"type": "model", "path": "model", "gguf_file": "m.gguf"})
     assert get_pass("model").memory_for(folder).factor == 0 and get_pass("model").memory_for(gguf).factor == 4
+
+
+def test_fail_fast_with_jobs_starts_nothing_after_a_failure(tmp_path):
+    (tmp_path / "in.txt").write_text("hello")
+    wf = write(tmp_path, """
+        version: 1
+        name: ff
+        steps:
+          src: {type: fake_source, path: in.txt}
+          bad: {type: fake_append, data: src, fail: true}
+          slow: {type: fake_append, data: src, suffix: "?", sleep: 1}
+          later: {type: fake_train, data: slow}
+        """)
+    assert cli("run", wf, "--jobs", "2", "--fail-fast", "--output", tmp_path / "out") == 1
+    steps = json.loads((tmp_path / "out" / "run.json").read_text())["steps"]
+    assert steps["bad"]["status"] == "failed" and steps["bad"]["error"] == "asked to fail"
+    assert steps["slow"]["status"] == "ran"  # it was already running: it finishes and is cached
+    assert steps["later"]["status"] == "skipped" and "--fail-fast" in steps["later"]["error"]
