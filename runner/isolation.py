@@ -93,6 +93,9 @@ class Runtime:
             self.gate.release(job.step)
 
     def _in_worker(self, job: BuildJob, cache: Cache, console: RunConsole, threads: int, usage: dict) -> Artifact:
+        if not hasattr(os, "wait4"):
+            raise PipelineError("steps in processes of their own (--jobs > 1, `isolation: process`, `max_memory_gb`) "
+                                "need a POSIX system (Linux, macOS): run without them here")
         limit = job.config.resources.max_memory_gb if job.config.resources else None
         prefix = f"[{job.step}] " if self.jobs > 1 else ""
         receive, send = Pipe(duplex=False)
@@ -101,10 +104,11 @@ class Runtime:
                # the worker imports what this process imports (tests' plugins, a source checkout)
                "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         started = time.monotonic()
-        # its own process group: a Ctrl-C at the terminal reaches the runner only, which stops its workers itself
-        # (SIGTERM, then SIGKILL), so no worker dies half-way through printing a traceback
+        # its own session (so its own process group; `process_group=` needs Python 3.11): a Ctrl-C at the terminal
+        # reaches the runner only, which stops its workers itself (SIGTERM, then SIGKILL), so no worker dies
+        # half-way through printing a traceback
         proc = subprocess.Popen([sys.executable, "-m", "runner.worker", str(send.fileno())], stdin=subprocess.PIPE,
-                                pass_fds=(send.fileno(),), env=env, process_group=0)
+                                pass_fds=(send.fileno(),), env=env, start_new_session=True)
         send.close()
         self.gate.attach(job.step, proc.pid)
         outcome: tuple | None = None

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import pickle
-import resource
 import sys
 import traceback
 from dataclasses import dataclass
@@ -122,6 +121,8 @@ def _describe(exc: BaseException) -> str:
 
 def peak_memory_mb() -> float:
     """This process's peak resident memory so far (Linux reports KiB)."""
+    import resource  # POSIX only: workers run on POSIX systems (see runner.isolation)
+
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
 
 
