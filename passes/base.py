@@ -92,6 +92,30 @@ class StepContext(Protocol):
         """A path from the workflow, resolved: relative to the workflow file, or `pkg://` in a package."""
 
 
+#: Set by the runner in a step's worker process when several steps run at once: the intra-op threads this
+#: step may use (cores // jobs), so that N steps on C cores do not run N x C threads.
+THREADS_ENV = "PIPELINE_THREADS"
+
+
+def thread_budget() -> int | None:
+    """The threads the runner gives this step (`THREADS_ENV`), or None when the step has the machine to itself."""
+    value = os.environ.get(THREADS_ENV, "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+@dataclass(frozen=True)
+class MemoryUse:
+    """A pass's peak memory (resident set), as measured: `base_mb` (the libraries it loads) plus `factor` times
+    the size on disk of its inputs. The runner checks it against the free memory before the step starts."""
+
+    factor: float
+    base_mb: float
+
+    def estimate_mb(self, input_mb: float) -> float:
+        """The peak in MB for inputs of `input_mb` MB on disk."""
+        return self.base_mb + self.factor * input_mb
+
+
 class Pass(Generic[C]):
     """Base of every pass. Subclasses set `config_class`, `version` and `packages` and implement `run`."""
 
@@ -100,6 +124,16 @@ class Pass(Generic[C]):
     version: ClassVar[int] = 1
     #: Distributions whose versions enter the cache key (their upgrades may change the result).
     packages: ClassVar[tuple[str, ...]] = ()
+    #: Peak memory, for the runner's check before the step starts (passes that load models measure their own:
+    #: see each pass). The default is a Python process with NumPy-sized libraries reading its inputs twice over.
+    memory: ClassVar[MemoryUse] = MemoryUse(factor=2.0, base_mb=150.0)
+    #: What to try when a step of this pass does not fit in memory (besides another machine), for the refusal.
+    memory_hint: ClassVar[str] = ""
+
+    @classmethod
+    def memory_for(cls, config: StepConfig) -> MemoryUse:
+        """The peak memory of a step with `config`: `memory`, unless what the pass does depends on the config."""
+        return cls.memory
 
     def __init__(self, config: C):
         if not isinstance(config, self.config_class):

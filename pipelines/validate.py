@@ -124,6 +124,7 @@ def check_workflow(data: dict, positions: Positions, folder: Path, file: Path | 
         version=header.version, name=header.name, description=header.description,
         target=header.target, steps=steps, outputs=dict(header.outputs), azureml=header.azureml,
         tracking=header.tracking,
+        isolation=header.isolation,
     )
     return LoadedWorkflow(workflow, file or folder / "<workflow>", positions, graph, run_order(graph),
                           collapse_repeats([w for w in warnings if w.severity != "error"]),

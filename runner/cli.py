@@ -74,7 +74,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     loaded = _load(args)
     options = RunOptions(cache_dir=args.cache_dir, output=args.output, force=args.force or (),
-                         only=args.only or (), fail_fast=args.fail_fast, quiet=args.quiet, track=args.track)
+                         only=args.only or (), fail_fast=args.fail_fast, quiet=args.quiet, track=args.track,
+                         jobs=args.jobs)
     result = run_with_search(loaded, options, args.set or ())
     return result.exit_code
 
@@ -286,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, help="output folder (default ./outputs/<workflow name>)")
     p.add_argument("--cache-dir", type=Path, help="the artifact cache (default $XDG_CACHE_HOME/pipeline)")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failing step")
+    p.add_argument("--jobs", "-j", type=_positive, default=1, metavar="N",
+                   help="run up to N independent steps at the same time, each in its own process (default 1)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors (the log file still gets everything)")
     p.add_argument("--track", type=_track_flag, metavar="mlflow[:URI]|none",
                    help="log the run to MLflow (default store: OUTPUT/mlflow/mlflow.db, or $MLFLOW_TRACKING_URI); "
@@ -344,6 +347,13 @@ def _track_flag(text: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
+
+
+def _positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
+    return int(text)
 
 
 def _submit_parser(p: argparse.ArgumentParser) -> None:

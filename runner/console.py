@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -29,6 +30,7 @@ class RunConsole:
     def __init__(self, log_file: Path | None = None, quiet: bool = False, stream: TextIO | None = None):
         self.console = Console(file=stream or sys.stderr, highlight=False, soft_wrap=True)
         self.quiet = quiet
+        self._lock = threading.RLock()  # with --jobs, several steps' threads write lines at once
         self._log: TextIO | None = None
         if log_file is not None:
             log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -36,6 +38,10 @@ class RunConsole:
 
     def write_log(self, text: str) -> None:
         """Append to the log file only."""
+        with self._lock:
+            self._write_log(text)
+
+    def _write_log(self, text: str) -> None:
         if self._log:
             try:
                 self._log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
@@ -48,9 +54,10 @@ class RunConsole:
 
     def line(self, text: str, style: str | None = None) -> None:
         """A line on the console and in the log."""
-        self.write_log(text)
-        if not self.quiet:
-            self.console.print(text, style=style, markup=False)
+        with self._lock:
+            self.write_log(text)
+            if not self.quiet:
+                self.console.print(text, style=style, markup=False)
 
     def progress(self, total: float | None, description: str, unit: str | None = None) -> "BarHandle":
         """A progress handle: a live bar on a terminal, periodic lines elsewhere; `unit="B"` for byte counts."""

@@ -1,8 +1,9 @@
 """Running a checked workflow: keys, cache hits, building under a lock, failures, outputs.
 
-Steps run in topological order in this process. A step whose key is in the cache is not run. A step
-that fails is recorded (never cached); the steps that depend on it are skipped and the others still
-run, unless `fail_fast`. The run leaves `run.json`, `report.md` and `logs/run.log` in the output folder.
+Steps run in topological order (with `--jobs` N, up to N at once: `runner.parallel`), each built in
+this process or in a worker process of its own (`runner.isolation`). A step whose key is in the cache
+is not run. A step that fails is recorded (never cached); the steps that depend on it are skipped and
+the others still run, unless `fail_fast`. The run leaves `run.json`, `report.md` and `logs/run.log` in the output folder.
 """
 
 from __future__ import annotations
@@ -28,35 +29,15 @@ from schemas.workflow import LOGS_DIR
 from .cache import Cache, DamageReport
 from .console import RunConsole
 from .interrupts import Terminated
+from .isolation import Runtime
+from .parallel import run_parallel
 from .keys import KeyParts, explain_change, key_parts
 from .records import RunOptions, RunResult, StepRecord
 from .preflight import check_cache_dir, prepare_output_dir
 from .report import OutputError, copy_outputs, write_run_files
 from .tracking import NOT_TRACKED, RunObserver, open_tracking
-
-
-class RunnerContext:
-    """The `StepContext` the runner gives a pass."""
-
-    def __init__(self, step: str, out_dir: Path, target: Target, workflow_dir: Path, console: RunConsole,
-                 tracking: dict[str, str] | None = None, checkpoint_dir: Path | None = None):
-        self.step, self.out_dir, self.target, self.workflow_dir = step, out_dir, target, workflow_dir
-        self.tracking = tracking or {}  # the step's MLflow run, for the Trainer's own MLflow callback
-        self.checkpoint_dir = checkpoint_dir
-        self._console = console
-
-    def log(self, message: str) -> None:
-        """A line under the step, on the console and in the run log."""
-        for text in str(message).splitlines() or [""]:
-            self._console.line(f"      {text}")
-
-    def progress(self, total: float | None, description: str, unit: str | None = None):
-        """A progress bar for long work; `unit="B"` when the total is a byte count (shown as 86.7 MB)."""
-        return self._console.progress(total, description, unit)
-
-    def resolve_path(self, value: str) -> Path:
-        """Resolve a workflow path (relative to the workflow file, or `pkg://`)."""
-        return resolve_local_path(value, self.workflow_dir)
+from .worker import BuildJob, RunnerContext  # noqa: F401  (RunnerContext: importable here too)
+from .worker import damage_reporter as _damage_reporter
 
 
 def workflow_id(loaded: LoadedWorkflow) -> str:
@@ -148,31 +129,41 @@ def run_workflow(loaded: LoadedWorkflow, options: RunOptions) -> RunResult:
     started = time.time()
     status = "ok"
     stopped_by = None
+    runtime = Runtime(jobs=options.jobs, default_isolation=loaded.workflow.isolation)
 
     def rebuild(step: str) -> None:
         """Build again a step whose artifact was found damaged (and quarantined) after it was looked up."""
         artifacts.pop(step, None)
-        _run_step(loaded, step, order.index(step) + 1, len(order), records[step], artifacts, cache, console, False, rebuild,
+        _run_step(loaded, step, order.index(step) + 1, len(order), records[step], artifacts, cache, console, False,
+                  rebuild, runtime, observer)
+
+    def visit(name: str) -> None:
+        nonlocal status
+        i, record = order.index(name) + 1, records[name]
+        blocked = [u for u in loaded.graph.predecessors(name) if records[u].status in ("failed", "skipped")]
+        if blocked:
+            record.status, record.error = "skipped", f"upstream step {blocked[0]!r} did not finish"
+            console.line(f"[{i}/{len(order)}] {name} ({record.type}): skipped ({record.error})", style="yellow")
+            return
+        if status == "failed" and options.fail_fast:
+            record.status, record.error = "skipped", "--fail-fast: an earlier step failed"
+            return
+        _run_step(loaded, name, i, len(order), record, artifacts, cache, console, name in options.force, rebuild, runtime,
                   observer)
-    console.line(f"workflow {loaded.workflow.name}: {len(order)} steps, cache {cache.root}")
+        if record.status == "failed":
+            status = "failed"
+    console.line(f"workflow {loaded.workflow.name}: {len(order)} steps, cache {cache.root}"
+                 + (f", {options.jobs} jobs" if options.jobs > 1 else ""))
     for w in loaded.warnings:
         console.line(w.format(), style="yellow")
     observer = open_tracking(loaded, options, out_dir, console)
     try:
-        for i, name in enumerate(order, 1):
-            record = records[name]
-            blocked = [u for u in loaded.graph.predecessors(name) if records[u].status in ("failed", "skipped")]
-            if blocked:
-                record.status, record.error = "skipped", f"upstream step {blocked[0]!r} did not finish"
-                console.line(f"[{i}/{len(order)}] {name} ({record.type}): skipped ({record.error})", style="yellow")
-                continue
-            if status == "failed" and options.fail_fast:
-                record.status, record.error = "skipped", "--fail-fast: an earlier step failed"
-                continue
-            _run_step(loaded, name, i, len(order), record, artifacts, cache, console, name in options.force, rebuild,
-                      observer)
-            if record.status == "failed":
-                status = "failed"
+        if options.jobs > 1:
+            run_parallel(order, loaded.graph.predecessors, visit, options.jobs,
+                         lambda n: steps[n].runs_alone(), runtime.stop)
+        else:
+            for name in order:
+                visit(name)
         _check_outputs(loaded, artifacts, cache, console, rebuild)
         if any(r.status == "failed" for r in records.values()):
             status = "failed"
@@ -219,7 +210,7 @@ def _check_names(loaded: LoadedWorkflow, options: RunOptions) -> None:
 
 def _run_step(loaded: LoadedWorkflow, name: str, i: int, n: int, record: StepRecord, artifacts: dict[str, Artifact],
               cache: Cache, console: RunConsole, force: bool, rebuild: Callable[[str], None] | None = None,
-              observer: RunObserver = NOT_TRACKED) -> None:
+              runtime: Runtime | None = None, observer: RunObserver = NOT_TRACKED) -> None:
     """Find the step in the cache or build it. With `rebuild`, the inputs of a step about to run get a full
     check first, and a damaged one is quarantined and rebuilt (then this step's key is computed again)."""
     head = f"[{i}/{n}] {name} ({record.type})"
@@ -248,8 +239,8 @@ def _run_step(loaded: LoadedWorkflow, name: str, i: int, n: int, record: StepRec
                 artifact = None if force else cache.lookup(key, on_damage=report, locked=True)
                 if artifact is None:
                     console.line(f"{head}: started ({key[:12]})", style="bold")
-                    artifact = _build(loaded, name, key, parts, cache, console, force, artifacts,
-                                      observer.step_started(name, key))
+                    artifact = _build(loaded, name, key, parts, cache, console, force, artifacts, record,
+                                      runtime or Runtime(), observer.step_started(name, key))
                     record.status = "ran"
             break
         else:
@@ -282,16 +273,6 @@ def _run_step(loaded: LoadedWorkflow, name: str, i: int, n: int, record: StepRec
     observer.step_finished(record, artifact)
 
 
-def _damage_reporter(console: RunConsole) -> DamageReport:
-    """Say on the console and in the run log that an entry was damaged and where it went."""
-    def report(key: str, step: str, problems: list[str], where: Path) -> None:
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        console.line(f"cache entry {key[:12]} (step {step}) is damaged: {'; '.join(problems[:3])}{more}; "
-                     f"moved to {where}; it will be rebuilt", style="yellow")
-
-    return report
-
-
 def _quarantine_if_damaged(artifact: Artifact, cache: Cache, report: DamageReport) -> bool:
     """Full check of an artifact in use; a damaged one is quarantined (under its key's lock). Whether it was."""
     if not cache.check(artifact):
@@ -322,25 +303,17 @@ def _check_outputs(loaded: LoadedWorkflow, artifacts: dict[str, Artifact], cache
 
 
 def _build(loaded: LoadedWorkflow, name: str, key: str, parts: KeyParts, cache: Cache, console: RunConsole,
-           replace: bool, artifacts: dict[str, Artifact], tracking: dict[str, str] | None = None) -> Artifact:
+           replace: bool, artifacts: dict[str, Artifact], record: StepRecord, runtime: Runtime,
+           tracking: dict[str, str] | None = None) -> Artifact:
+    """Build the step (memory check, then here or in a worker: `Runtime.build`); commit its artifact."""
     config = loaded.workflow.steps[name]
-    pass_cls = get_pass(config.step_type())
     inputs: dict[str, Any] = {}
     for fld, targets in config.references().items():
         found = [artifacts[t] for t in targets]
         inputs[fld] = found if config.reference_fields()[fld][1] else found[0]
-    with cache.workdir(key) as work:
-        ctx = RunnerContext(name, work / "data", step_target(loaded, name), loaded.folder, console, tracking,
-                            checkpoint_dir=cache.checkpoints / key)
-        meta = pass_cls(config).run(inputs, ctx)
-        if not isinstance(meta, dict):
-            raise TypeError(f"{pass_cls.__name__}.run must return a dict of metadata, not {type(meta).__name__}")
-        if replace:
-            cache.remove(key)
-        artifact = cache.commit(key, work, kind=step_output_kind(config), step=name, pass_type=config.step_type(),
-                                meta=meta, key_parts=parts.as_dict(), on_damage=_damage_reporter(console))
-        cache.drop_checkpoints(key)  # the step is committed: nothing will resume from them
-        return artifact
+    job = BuildJob(name, config, step_target(loaded, name), loaded.folder, key, parts.as_dict(), inputs,
+                   step_output_kind(config), cache.root, replace, tracking or {})
+    return runtime.build(job, get_pass(config.step_type()), cache, console, record.resources)
 
 
 def _describe(exc: BaseException) -> str:
@@ -363,7 +336,8 @@ def run_one_step(loaded: LoadedWorkflow, name: str, inputs: dict[str, Artifact],
     cache.claim(create=True)
     artifacts = dict(inputs)
     try:
-        _run_step(loaded, name, 1, 1, record, artifacts, cache, console, name in options.force)
+        _run_step(loaded, name, 1, 1, record, artifacts, cache, console, name in options.force, None,
+                  Runtime(default_isolation=loaded.workflow.isolation))
     finally:
         cache.fingerprints.close()
     return record, artifacts.get(name)

@@ -40,7 +40,8 @@ class Fingerprinter:
             return None
         if self._conn is None:
             self._db_path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(self._db_path, timeout=30, isolation_level=None)
+            # used from the threads of `--jobs` too, always under self._lock
+            self._conn = sqlite3.connect(self._db_path, timeout=30, isolation_level=None, check_same_thread=False)
             self._conn.execute(
                 "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, sha256 TEXT)"
             )

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas import StepConfig, Target
+from schemas.base import RUN_FIELDS
 
 KEY_FORMAT = 1
 
@@ -69,7 +70,8 @@ class KeyParts:
 def keyed_config(config: StepConfig) -> dict:
     """The config as keyed: JSON mode, minus `key_exclude`, references and paths (keyed by content)."""
     # `target` (a step's override) is keyed as the effective target, and only where the pass uses it.
-    drop = set(config.key_exclude) | set(config.reference_fields()) | set(config.path_fields()) | {"target"}
+    # How a step runs (isolation, resources) never changes what it produces.
+    drop = set(config.key_exclude) | set(config.reference_fields()) | set(config.path_fields()) | {"target"} | RUN_FIELDS
     return config.model_dump(mode="json", exclude=drop)
 
 

@@ -22,6 +22,7 @@ class RunOptions:
     fail_fast: bool = False
     quiet: bool = False
     track: str | None = None  # --track: "mlflow", "mlflow:URI" or "none" (over the workflow's `tracking:`)
+    jobs: int = 1  # steps at the same time, each in a worker process (runner.parallel)
 
 
 @dataclass
@@ -37,6 +38,8 @@ class StepRecord:
     summary: str | None = None
     error: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    #: How it was built: threads, isolation, memory estimate and (in a worker) peak memory in MB.
+    resources: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

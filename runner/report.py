@@ -116,6 +116,8 @@ def _step_json(record: StepRecord, target: dict | None = None) -> dict:
         "target": target,
         "execution": record.meta.get("execution"),
         "choices": record.meta.get("choices"),
+        # threads it was given, whether in a process of its own, memory estimate and peak (MB)
+        "resources": record.resources or None,
         "meta": {k: v for k, v in record.meta.items() if k not in ("metrics", "summary", "execution", "choices")},
     }
 
@@ -134,7 +136,8 @@ def write_run_files(loaded: LoadedWorkflow, result: RunResult, artifacts: dict[s
         "finished": _iso(result.finished),
         "seconds": round(result.finished - result.started, 3),
         "target": loaded.workflow.target.model_dump(mode="json"),
-        "options": {"force": list(options.force), "only": list(options.only), "fail_fast": options.fail_fast},
+        "options": {"force": list(options.force), "only": list(options.only), "fail_fast": options.fail_fast,
+                    "jobs": options.jobs},
         "steps": {name: _step_json(r, _target_json(loaded, name)) for name, r in result.steps.items()},
         "outputs": {o: {"step": s, "path": str(result.output_dir / o) if s in artifacts else None}
                     for o, s in loaded.workflow.outputs.items()},
@@ -176,6 +179,9 @@ def render_report(loaded: LoadedWorkflow, result: RunResult, artifacts: dict[str
         ran_on = (r.meta.get("execution") or {}).get("provider")
         if ran_on:
             detail += f" (on {ran_on})"
+        threads, peak = r.resources.get("threads"), r.resources.get("peak_memory_mb")
+        if threads:
+            detail += f" ({threads} thread{'s' if threads != 1 else ''}" + (f", peak {peak} MB)" if peak is not None else ")")
         lines.append(f"| {name} | {r.type} | {r.status} | {r.seconds:.1f} s | {(r.key or '')[:12]} | {detail} |")
     if wf.outputs:
         lines += ["", "## Outputs", ""]

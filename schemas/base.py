@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from typing_extensions import Literal
 
 from .target import StepTarget, Target
 
@@ -135,6 +136,25 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True, defer_build=True)
 
 
+#: How a step is run: in the run's own process, or in a process of its own (a crash or an out-of-memory
+#: kill then fails that step alone). `--jobs` > 1 always runs steps in processes of their own.
+Isolation = Literal["none", "process"]
+
+#: Fields that say how a step runs, never what it produces: left out of every cache key.
+RUN_FIELDS = frozenset({"isolation", "resources"})
+
+
+class Resources(StrictModel):
+    """What a step may use: its memory need (instead of the estimate) and a hard limit."""
+
+    memory_gb: float | None = Field(
+        None, gt=0, description="The memory the step needs, in GB; replaces the runner's estimate (input models' "
+                                "size times a per-pass factor) in the check made before it starts.")
+    max_memory_gb: float | None = Field(
+        None, gt=0, description="A hard limit, in GB: the step runs in its own process, which is stopped (and the step "
+                                "failed as out of memory) when it uses more; the rest of the run goes on.")
+
+
 class StepConfig(StrictModel):
     """The base of every step's config. A subclass is one pass's contract.
 
@@ -146,6 +166,11 @@ class StepConfig(StrictModel):
     target: StepTarget | None = Field(
         None, description="Overrides of the workflow's `target` for this step only (device, providers, options, threads)."
     )
+    isolation: Isolation | None = Field(
+        None, description="`process`: run the step in a process of its own, so a crash (segfault, abort) or an "
+                          "out-of-memory kill fails this step alone; default: the workflow's `isolation`.")
+    resources: Resources | None = Field(
+        None, description="The step's memory need (`memory_gb`, instead of the estimate) and limit (`max_memory_gb`).")
     output_kind: ClassVar[str] = ""
     #: Fields that do not change the result (logging, progress): left out of the cache key.
     key_exclude: ClassVar[frozenset[str]] = frozenset()
@@ -195,6 +220,10 @@ class StepConfig(StrictModel):
         field's type (`Ref[HfModel, OnnxModel]`) cannot say.
         """
         return self.reference_fields()[field][0].kinds
+
+    def runs_alone(self) -> bool:
+        """Whether the step measures speed (latency, tokens/s): with `--jobs`, nothing else runs while it does."""
+        return False
 
     def target_issues(self, target: Target) -> list[tuple[tuple, str, str | None]]:
         """Problems of this step on `target` (its effective target), found before anything runs.

@@ -6,7 +6,7 @@ from pydantic import AfterValidator, Field, StringConstraints, WithJsonSchema, f
 from typing_extensions import Annotated
 
 from .azureml import AzureML
-from .base import StepConfig, StepName, StrictModel
+from .base import Isolation, StepConfig, StepName, StrictModel
 from .target import DEFAULT_PROVIDERS, Device, StepTarget, Target  # noqa: F401  (re-exported)
 from .tracking import Tracking
 
@@ -64,6 +64,9 @@ class WorkflowHeader(StrictModel):
     tracking: Tracking | None = Field(
         None, description="Log each run to MLflow: the run, each step as a nested run (optional; `--track` overrides it).",
     )
+    isolation: Isolation = Field(
+        "none", description="`process`: every step runs in a process of its own (a crash fails that step alone); a "
+                            "step's own `isolation` wins. `--jobs` > 1 always isolates steps.")
 
     @field_validator("version")
     @classmethod
@@ -84,3 +87,4 @@ class Workflow(StrictModel):
     outputs: dict[str, str]
     azureml: AzureML = Field(default_factory=AzureML)  # a factory: no model is built while importing
     tracking: Tracking | None = None
+    isolation: Isolation = "none"

@@ -135,3 +135,55 @@ class FakeJoin(Pass[FakeJoinConfig]):
                 texts.append(f.read_text())
         (ctx.out_dir / "text.txt").write_text("|".join(texts))
         return {"parts": len(texts)}
+
+
+@register_step
+class FakeWorkConfig(StepConfig):
+    """Work that can crash, take memory, time itself, and stamp when it starts and ends (runner tests)."""
+
+    type: Literal["fake_work"] = Field(description="test worker")
+    data: Ref[Dataset] = Field(description="input")
+    sleep: float = Field(0.0, ge=0, description="seconds to sleep while working")
+    abort: bool = Field(False, description="os.abort() halfway (after writing half the output)")
+    allocate_mb: int = Field(0, ge=0, description="take this much memory (touched), then sleep")
+    stamps: str | None = Field(None, description="a folder: write <step>.start and <step>.end there (time.time())")
+    wait_for: list[str] = Field(default_factory=list, description="steps whose .start stamp must appear before this ends")
+    timing: bool = Field(False, description="measure speed (the runner runs it alone)")
+
+    output_kind: ClassVar[str] = "dataset"
+
+    def runs_alone(self) -> bool:
+        return self.timing
+
+
+@register_pass
+class FakeWork(Pass[FakeWorkConfig]):
+    """See FakeWorkConfig."""
+
+    config_class = FakeWorkConfig
+
+    def run(self, inputs, ctx):
+        from passes.base import THREADS_ENV
+
+        cfg = self.config
+        _count(ctx.step)
+        stamps = Path(cfg.stamps) if cfg.stamps else None
+        if stamps:
+            (stamps / f"{ctx.step}.start").write_text(repr(time.time()))
+        (ctx.out_dir / "text.txt").write_text("half")
+        if cfg.abort:
+            os.abort()
+        held = [b"\x01" * (10 << 20) for _ in range(cfg.allocate_mb // 10)]  # touched: resident, not just reserved
+        deadline = time.time() + 30
+        for peer in cfg.wait_for:  # proves overlap: this step cannot end before `peer` has started
+            while not (stamps / f"{peer}.start").exists():
+                if time.time() > deadline:
+                    raise PassError(f"{peer} never started while {ctx.step} ran")
+                time.sleep(0.02)
+        time.sleep(cfg.sleep)
+        text = (inputs["data"].path / "text.txt").read_text()
+        (ctx.out_dir / "text.txt").write_text(text + ctx.step)
+        if stamps:
+            (stamps / f"{ctx.step}.end").write_text(repr(time.time()))
+        return {"summary": f"held {len(held) * 10} MB", "threads_env": os.environ.get(THREADS_ENV),
+                "omp": os.environ.get("OMP_NUM_THREADS")}

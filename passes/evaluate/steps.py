@@ -28,7 +28,7 @@ from passes.evaluate import report
 from passes.evaluate.classifiers import Classifier, HfClassifier, OnnxClassifier, check_classifier, execution_record, quality_metrics
 from passes.evaluate.goals import apply_goals, with_goals
 from passes.ort import files, providers
-from passes.base import Artifact, Pass, PassError
+from passes.base import Artifact, MemoryUse, Pass, PassError
 from passes.registry import register_pass
 
 #: Weights files of a Hugging Face folder (the tokenizer and config do not count towards its size).
@@ -62,6 +62,9 @@ class Evaluate(Pass[EvaluateConfig]):
 
     config_class = EvaluateConfig
     version = 2
+    #: Not measured: every model loaded at once (a PyTorch model at its size, an onnxruntime session at about
+    #: twice its file), beside torch, transformers, onnxruntime, scikit-learn and matplotlib (about 600 MB).
+    memory = MemoryUse(factor=3.0, base_mb=600)
     packages = ("torch", "transformers", "tokenizers", "onnxruntime", "onnx", "scikit-learn", "datasets", "numpy",
                 "matplotlib", "onnxruntime-genai", "optimum-onnx")
 

@@ -31,7 +31,7 @@ from passes.ort import fusion
 from passes.ort import providers
 from passes.ort.checks import compare_outputs
 from passes.ort.sessions import target_session
-from passes.base import Artifact, Pass, PassError, StepContext
+from passes.base import Artifact, MemoryUse, Pass, PassError, StepContext
 from passes.hf.folders import read_config
 from passes.registry import register_pass
 
@@ -48,6 +48,8 @@ class OptimizeOnnx(Pass[OptimizeOnnxConfig]):
     config_class = OptimizeOnnxConfig
     version = 1
     packages = ("onnxruntime", "onnx", "transformers", "tokenizers", "numpy")
+    #: Not measured: as quantize's (which loads the same model into onnxruntime and writes a copy).
+    memory = MemoryUse(factor=6.5, base_mb=400)
 
     def run(self, inputs: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
         cfg = self.config

@@ -39,7 +39,7 @@ from passes.onnx.quant_plan import plan_quantization
 from passes.ort import files
 from passes.ort.checks import compare_outputs
 from passes.ort.fusion import fuse_encoder
-from passes.base import Artifact, Pass, PassError, StepContext
+from passes.base import Artifact, MemoryUse, Pass, PassError, StepContext
 from passes.hf.folders import read_config
 from passes.registry import register_pass
 
@@ -65,6 +65,10 @@ class Quantize(Pass[QuantizeConfig]):
     config_class = QuantizeConfig
     version = 1
     packages = ("onnxruntime", "onnx", "transformers", "tokenizers", "datasets", "numpy", "torch")  # torch: HQQ
+    #: Measured (benchmarks/jobs_sweep.py, MiniLM's 91 MB export, 1 thread): peaks of 1001 MB (dynamic_int8), 963
+    #: (static_int8, with 128 calibration rows), 740 (fp16), 738 (int4): onnx and onnxruntime (about 400 MB),
+    #: the model loaded, its quantized copy and the output check.
+    memory = MemoryUse(factor=6.5, base_mb=400)
 
     def run(self, inputs: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
         cfg = self.config

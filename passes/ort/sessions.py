@@ -14,7 +14,7 @@ from typing import Any
 
 from schemas.target import ProviderChoice, Target
 
-from passes.base import PassError
+from passes.base import PassError, thread_budget
 from passes.ort.files import CACHE_INPUT_PREFIXES, EXTERNAL_DATA_FILE, has_external_data
 from passes.ort.providers import provider_options_for
 
@@ -38,7 +38,8 @@ GRAPH_LEVELS = {"none": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extende
 def make_session(model_path: Path, providers: list[str], threads: int | None = None, *,
                  provider_options: list[dict[str, str]] | None = None, level: str = "all",
                  optimized_model_path: Path | None = None, disabled_optimizers: list[str] | None = None) -> Any:
-    """An onnxruntime session on `providers` (in order) with `threads` intra-op threads (default: the cores).
+    """An onnxruntime session on `providers` (in order) with `threads` intra-op threads (default: the runner's
+    budget for this step when several run at once, else the cores).
 
     Graph optimizations run at `level` except those slower than the unfused ops on the CPU provider
     (`disabled_optimizers` replaces that list). `optimized_model_path` makes onnxruntime write the
@@ -48,7 +49,7 @@ def make_session(model_path: Path, providers: list[str], threads: int | None = N
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or cpu_cores()
+    options.intra_op_num_threads = threads or thread_budget() or cpu_cores()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_LEVELS[level])
     options.log_severity_level = 3  # errors only: the passes report what matters themselves

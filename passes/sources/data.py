@@ -28,7 +28,7 @@ from passes.sources.data_files import (
     map_columns,
 )
 from passes.sources.data_chat import conversation_chars, detect_format, dropped_text, to_conversations
-from passes.base import Pass, PassError, StepContext
+from passes.base import MemoryUse, Pass, PassError, StepContext
 from passes.registry import register_pass
 
 
@@ -39,6 +39,9 @@ class LoadData(Pass[LoadDataConfig]):
     config_class = LoadDataConfig
     version = 1
     packages = ("datasets", "pyarrow", "pandas", "numpy", "scikit-learn")
+    #: Measured (benchmarks/jobs_sweep.py, the 0.5 MB SMS CSV): 289 MB peak, nearly all datasets, pyarrow and
+    #: pandas; the factor (a table read, cleaned and split: a few copies) is not measured on a large file.
+    memory = MemoryUse(factor=5.0, base_mb=300)
 
     def run(self, inputs: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
         """Do the whole recipe and return the dataset's meta (labels, format, splits, dropped, summary)."""

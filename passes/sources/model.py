@@ -29,7 +29,7 @@ from passes.hf.folders import (
     weights_info,
 )
 from passes.hf.loading import auto_class_for, load_tokenizer, quiet_transformers
-from passes.base import Pass, PassError, StepContext
+from passes.base import MemoryUse, Pass, PassError, StepContext
 from passes.registry import register_pass
 
 #: Hub files worth downloading for a PyTorch model (the rest are other formats or documentation).
@@ -41,6 +41,15 @@ class Model(Pass[ModelConfig]):
 
     config_class = ModelConfig
     version = 2  # 2: GGUF byte-level tokenizers written as GPT-2 style (onnxruntime-genai reads them)
+    #: Measured (benchmarks/jobs_sweep.py): a 92 MB model folder is copied (file by file) at a 46 MB peak.
+    memory = MemoryUse(factor=0.0, base_mb=100)
+    #: Not measured: a GGUF file is converted through transformers in fp32 (up to 4x an 8-bit file) beside torch.
+    gguf_memory = MemoryUse(factor=4.0, base_mb=500)
+
+    @classmethod
+    def memory_for(cls, config: ModelConfig) -> MemoryUse:
+        """A folder is copied; a GGUF file is converted in memory."""
+        return cls.gguf_memory if config.gguf_file or str(config.path).endswith(".gguf") else cls.memory
     packages = ("transformers", "safetensors", "gguf")
 
     def run(self, inputs: dict[str, Any], ctx: StepContext) -> dict[str, Any]:

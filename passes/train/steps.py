@@ -34,7 +34,7 @@ from passes.hf.loading import load_dataset_dict, load_model, load_tokenizer, qui
 from passes.train.layers import default_target_modules, freeze_all_but_last, new_module_paths
 from passes.train.data import check_classifiable, prepare_data, resolve_task
 from passes.train.trainer import count_parameters, summary_metrics, train_with_trainer
-from passes.base import Artifact, Pass, PassError, StepContext
+from passes.base import Artifact, MemoryUse, Pass, PassError, StepContext
 from passes.registry import register_pass
 
 #: Packages whose versions change what training produces (they enter the cache key).
@@ -121,6 +121,12 @@ class Lora(Pass[LoraConfig]):
     config_class = LoraConfig
     version = 1
     packages = _TRAIN_PACKAGES
+    #: Measured (benchmarks/jobs_sweep.py, the quantization recipe's MiniLM: 92 MB base, batch 16 x 64 tokens):
+    #: 1261 MB peak. torch + transformers + peft take about 500 MB (merge_adapter's 712 MB on the same base
+    #: bounds it); the rest, 8.3x the base, is its fp32 weights, the activations and the adapter's optimizer.
+    memory = MemoryUse(factor=8.5, base_mb=500)
+    memory_hint = ("use `type: qlora` (the base's linear layers in 4 bits), or a smaller `batch_size` or "
+                   "`max_length`")
 
     def run(self, inputs: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
         """Train and save the adapter into ctx.out_dir; return its meta."""
@@ -203,6 +209,9 @@ class Qlora(Lora):
     config_class = QloraConfig  # type: ignore[assignment]
     version = 1
     packages = _TRAIN_PACKAGES + ("bitsandbytes",)
+    #: Not measured: lora's (above) with the base's fp32 weights in 4 bits, plus bitsandbytes (about 50 MB).
+    memory = MemoryUse(factor=6.0, base_mb=550)
+    memory_hint = "a smaller `batch_size` or `max_length`"
 
     @property
     def label(self) -> str:
@@ -281,6 +290,9 @@ class Finetune(Pass[FinetuneConfig]):
     config_class = FinetuneConfig
     version = 1
     packages = _TRAIN_PACKAGES
+    #: Not measured: lora's (above) plus, for every trained weight, its gradient and Adam's two moments (3x more).
+    memory = MemoryUse(factor=12.0, base_mb=500)
+    memory_hint = "train fewer blocks (`train_layers`), or use `lora` or `qlora` instead"
 
     def run(self, inputs: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
         """Train and save a plain model folder into ctx.out_dir; return its meta."""
@@ -323,6 +335,9 @@ class MergeAdapter(Pass[MergeAdapterConfig]):
     config_class = MergeAdapterConfig
     version = 1
     packages = ("torch", "transformers", "peft", "safetensors")
+    #: Measured (benchmarks/jobs_sweep.py, MiniLM, 93 MB of inputs): 712 MB peak: the libraries (about 500 MB),
+    #: the base, the merged copy and the logits check.
+    memory = MemoryUse(factor=2.5, base_mb=500)
 
     def run(self, inputs: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
         """Merge, verify on CHECK_TEXTS within MERGE_TOLERANCE, save into ctx.out_dir; return the meta."""

@@ -92,6 +92,13 @@ class EvaluateConfig(StepConfig):
                              "one evaluate step measures one kind of model")
         return self
 
+    #: What `evaluate` times: while it does, nothing else of the run may use the cores.
+    TIMED_METRICS: ClassVar[frozenset[str]] = frozenset({"latency", "tokens_per_second", "time_to_first_token"})
+
+    def runs_alone(self) -> bool:
+        """Timing steps run alone: another step on the same cores would slow the timed runs unevenly."""
+        return bool(self.TIMED_METRICS & set(self.metrics))
+
     @field_validator("goals")
     @classmethod
     def _check_goals(cls, goals: dict[str, dict[str, Goal]], info: ValidationInfo) -> dict[str, dict[str, Goal]]:

@@ -51,6 +51,20 @@ def start(*args, counter: Path | None = None) -> subprocess.Popen:
                             preexec_fn=default_signals)
 
 
+def stop(proc: subprocess.Popen, sig: int, code: int, within: float) -> tuple[str, str]:
+    """Send `sig` to a run; it must exit with `code` within `within` seconds, without a traceback."""
+    import time
+
+    t0 = time.monotonic()
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=60)
+    TALLY["signals"] += 1
+    assert proc.returncode == code, stderr
+    assert time.monotonic() - t0 < within
+    no_traceback(stdout, stderr)
+    return stdout, stderr
+
+
 def snapshot(folder: Path, *own: Path) -> dict[str, str]:
     """SHA-256 of every file under `folder` outside the tool's own folders `own`."""
     out = {}

@@ -339,3 +339,34 @@ def test_validate_step_and_help_never_import_azure(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(ROOT), "PIPELINE_PLUGINS": "tests.fakes"})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+SIBLINGS = """
+version: 1
+name: siblings
+isolation: process
+steps:
+  src: {type: fake_source, path: in.txt}
+  v1: {type: fake_append, data: src, suffix: "1"}
+  v2: {type: fake_append, data: src, suffix: "2", resources: {memory_gb: 2, max_memory_gb: 4}}
+  v3: {type: fake_append, data: src, suffix: "3", isolation: none}
+  pick: {type: fake_join, parts: [v1, v2, v3]}
+outputs:
+  best: pick
+"""
+
+
+def test_independent_steps_are_separate_nodes_that_run_side_by_side(tmp_path):
+    """Sweep variants are ordinary steps: each its own node reading only its input, so they fan out over the
+    cluster; a step that picks among them (as `select` will) is one more node reading every variant."""
+    wf = fake_project(tmp_path, SIBLINGS)
+    doc = dry_run(wf, tmp_path / "pipe.yaml", "--mode", "pipeline")
+    check_document(doc)
+    jobs = doc["jobs"]
+    assert set(jobs) == {"src", "v1", "v2", "v3", "pick"}
+    reads = {name: {k for k, v in (node.get("inputs") or {}).items() if "parent.jobs." in v["path"]}
+             for name, node in jobs.items()}
+    assert reads["v1"] == reads["v2"] == reads["v3"] == {"src"}  # no edge between the variants
+    assert reads["pick"] == {"v1", "v2", "v3"}
+    assert doc["settings"]["continue_on_step_failure"]  # a failing variant does not stop its siblings
+    assert jobs["pick"]["outputs"]["artifact"] == "${{parent.outputs.best}}"
