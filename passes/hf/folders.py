@@ -149,19 +149,33 @@ def read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
+#: `quant_method`s of checkpoints whose linear layers hold packed integer weights that onnxruntime-genai's
+#: builder reads as they are (its quantized_model.py: AutoGPTQ, AutoAWQ, Quark and Olive's own format).
+GENAI_READS_PACKED = ("olive", "gptq", "awq", "quark")
+
+
+def packed_quantization(folder: Path) -> dict[str, Any] | None:
+    """The `quantization_config` of a folder whose weights are packed (GENAI_READS_PACKED), else None."""
+    quant = read_config(folder).get("quantization_config") or {}
+    if isinstance(quant, dict) and quant.get("quant_method") in GENAI_READS_PACKED:
+        return quant
+    return None
+
+
 def refuse_packed_weights(folder: Path, reader: str) -> None:
     """Refuse a folder holding Olive's packed quantized weights (`quant_method: olive`, written by Olive's Rtn,
     Gptq, KQuant... passes) before `reader` loads it with transformers.
 
     Why: transformers alone loads such a folder without an error but re-initializes the quantized layers with
-    random weights, so a model would be evaluated, exported or trained on noise. Only Olive's ModelBuilder
-    reads the format.
+    random weights, so a model would be evaluated, exported or trained on noise. onnxruntime-genai's builder
+    (our genai export, Olive's ModelBuilder) reads the format.
     """
-    quant = read_config(folder).get("quantization_config") or {}
-    if isinstance(quant, dict) and quant.get("quant_method") == "olive":
+    quant = packed_quantization(folder)
+    if quant and quant.get("quant_method") == "olive":
         raise PassError(f"{folder} holds Olive's packed quantized weights (quant_method: olive), which {reader} cannot "
                         "read (transformers would load random weights in their place): give this model to "
-                        "`type: olive` with `pass: ModelBuilder`, which reads them, or quantize after this step")
+                        "`export_onnx` (the genai exporter) or `type: olive` with `pass: ModelBuilder`, which read "
+                        "them, or quantize after this step")
 
 
 def infer_task(config: dict[str, Any]) -> str:

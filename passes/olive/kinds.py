@@ -8,7 +8,8 @@ module copies them into the step's folder in our layout (see passes/base.py):
   tokenizer files). Olive's weight-only quantizers (Rtn, Gptq, ...) write `quant_method: olive` into
   config.json: that checkpoint loads in Olive's passes (ModelBuilder) and in onnxruntime-genai's builder,
   and in transformers only after `register_olive_quantizer()`: plain transformers silently re-initializes
-  the packed layers, so the meta says `quantization: olive` for the steps downstream.
+  the packed layers, so the meta says `quantization: olive` for the steps downstream. What the pass
+  attached to the model besides files (e.g. SelectiveMixedPrecision's plan) goes to ATTRIBUTES_FILE.
 - `ONNXModelHandler` -> `onnx_model`: the model file as `model.onnx` (its external data beside it under the
   names the graph references), the files Olive lists as `additional_files`, then the input folder's
   companions that are missing (tokenizer, config.json, inference.py). A folder with `genai_config.json`
@@ -19,6 +20,7 @@ module copies them into the step's folder in our layout (see passes/base.py):
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,10 @@ OLIVE_TASKS = {
 }
 #: Files of a genai folder that Olive's ModelBuilder writes besides the model.
 GENAI_CONFIG = "genai_config.json"
+#: What an Olive pass attached to an HF model besides its files (Olive's `model_attributes` minus config.json,
+#: as Olive itself serializes a handler), e.g. SelectiveMixedPrecision's `mixed_precision_info` that Gptq and
+#: Rtn read. Olive keeps it on the in-memory handler only; this file carries it to the next olive step.
+ATTRIBUTES_FILE = "olive_model_attributes.json"
 
 
 def our_task(source: Artifact) -> str:
@@ -47,7 +53,10 @@ def input_model_config(source: Artifact) -> dict[str, Any]:
     """The Olive model config (`{"type", "config"}`) that points at our artifact's folder, in place."""
     if source.kind == "hf_model":
         task = our_task(source)
-        return {"type": "HfModel", "config": {"model_path": str(source.path), "task": OLIVE_TASKS.get(task, task)}}
+        config = {"model_path": str(source.path), "task": OLIVE_TASKS.get(task, task)}
+        if (source.path / ATTRIBUTES_FILE).is_file():
+            config["model_attributes"] = json.loads((source.path / ATTRIBUTES_FILE).read_text(encoding="utf-8"))
+        return {"type": "HfModel", "config": config}
     if source.kind == "onnx_model":
         if not (source.path / files.MODEL_FILE).is_file():
             raise PassError(f"step {source.step!r} has no {files.MODEL_FILE} in {source.path}: Olive's ONNX passes "
@@ -87,6 +96,10 @@ def _collect_hf(handler: Any, source: Artifact, out_dir: Path) -> dict[str, Any]
         raise PassError(f"Olive's output {folder} is not a save_pretrained folder (no {CONFIG_FILE})")
     _copy_tree(folder, out_dir)
     _fill_tokenizer(source.path, out_dir)
+    attributes = handler.to_json()["config"].get("model_attributes") or {}
+    if attributes:
+        (out_dir / ATTRIBUTES_FILE).write_text(json.dumps(attributes, indent=1, sort_keys=True, default=str),
+                                               encoding="utf-8")
     config = read_config(out_dir)
     quant = (config.get("quantization_config") or {}).get("quant_method")
     task = our_task(source)
@@ -97,6 +110,7 @@ def _collect_hf(handler: Any, source: Artifact, out_dir: Path) -> dict[str, Any]
         "model_type": config.get("model_type"),
         "architecture": (config.get("architectures") or [None])[0],
         "quantization": quant,
+        "olive_attributes": sorted(attributes),
         "format": "hf",
     }
 

@@ -19,7 +19,7 @@ from schemas.steps import ExportOnnxConfig
 from schemas.steps.onnx import GENAI_PROVIDER_FOR_DEVICE
 from schemas.workflow import Target
 
-from passes.hf.folders import refuse_packed_weights
+from passes.hf.folders import packed_quantization, refuse_packed_weights
 from passes.hf.loading import load_tokenizer
 from passes.ort import files
 from passes.ort.sessions import cpu_cores
@@ -44,11 +44,11 @@ def genai_choices(cfg: ExportOnnxConfig, target: Target, log: Any) -> tuple[str,
 
 def export_genai(source: Artifact, adapters: list[Artifact], cfg: ExportOnnxConfig, ctx: StepContext) -> dict[str, Any]:
     """Build a genai folder into ctx.out_dir; return the artifact meta."""
-    refuse_packed_weights(Path(source.path), "export_onnx")
     from passes.ort import genai_adapters, genai_build
     from passes.ort import genai_run
 
     precision, provider = genai_choices(cfg, ctx.target, ctx.log)
+    packed = _packed_source(source, precision, bool(adapters), ctx.log)
     threads = ctx.target.threads or cpu_cores()
     for adapter in adapters:
         _check_adapter(adapter, source)
@@ -82,12 +82,38 @@ def export_genai(source: Artifact, adapters: list[Artifact], cfg: ExportOnnxConf
         "model_type": source.meta.get("model_type"),
         "adapters": names,
         "builder": facts,
+        "prequantized": packed,
         "size_mb": files.mb(size),
         "check_answer": check,
         "summary": f"onnxruntime-genai {precision} for {provider}, {files.mb(size):.1f} MB"
         + (f", adapters {', '.join(names)}" if names else ""),
         "metrics": {"size_mb": files.mb(size)},
     }
+
+
+def _packed_source(source: Artifact, precision: str, adapters: bool, log: Any) -> dict[str, Any] | None:
+    """The source's packed quantization (GPTQ, AWQ, Olive's Gptq/Rtn...), checked against the build asked.
+
+    The builder writes packed layers as MatMulNBits with their own bits and group size (and quantizes the
+    float layers left, e.g. an unquantized lm_head, with the int4 options): so a calibrated quantizer's output
+    goes through this exporter with our thread setting and int4 options for the rest.
+    """
+    quant = packed_quantization(Path(source.path))
+    if quant is None:
+        return None
+    if precision != "int4":
+        raise PassError(f"{source.step!r} holds packed {quant.get('quant_method')} weights, which the genai builder "
+                        f"writes as int4/int8 MatMulNBits only: set `precision: int4` (not {precision})")
+    if adapters:
+        raise PassError(f"{source.step!r} holds packed quantized weights: LoRA adapters are exported with a float "
+                        "base; give `adapters` the unquantized model")
+    overrides = quant.get("overrides") or quant.get("dynamic") or {}
+    facts = {"quant_method": quant.get("quant_method"), "bits": quant.get("bits"),
+             "group_size": quant.get("group_size"), "symmetric": quant.get("sym", quant.get("symmetric")),
+             "overrides": len(overrides)}
+    log(f"the source holds packed {facts['quant_method']} weights ({facts['bits']} bits, group {facts['group_size']}, "
+        f"{len(overrides)} module override(s)): the builder writes them as they are")
+    return facts
 
 
 def _check_adapter(adapter: Artifact, base: Artifact) -> None:

@@ -167,6 +167,53 @@ def test_native_steps_refuse_olive_packed_weights(tiny_llama_dir, tmp_path):
     shutil.copytree(tiny_llama_dir, packed)
     config = json.loads((packed / "config.json").read_text())
     (packed / "config.json").write_text(json.dumps({**config, "quantization_config": {"quant_method": "olive", "bits": 4}}))
-    with pytest.raises(PassError, match="packed quantized weights.*pass: ModelBuilder"):
+    with pytest.raises(PassError, match="packed quantized weights.*export_onnx.*pass: ModelBuilder"):
         load_model(packed, "causal-lm")
     refuse_packed_weights(tiny_llama_dir, "anything")  # a plain folder passes
+
+
+def test_mixed_precision_plan_reaches_gptq_and_our_genai_export_reads_the_packed_weights(tiny_chat_llama_dir, tmp_path,
+                                                                                          make_ctx):
+    """The recipe's chain: Olive's SelectiveMixedPrecision plan (an in-memory model attribute in Olive) is carried
+    to Gptq by the artifact, and export_onnx writes Gptq's packed 4- and 8-bit layers as MatMulNBits."""
+    import json
+
+    from datasets import Dataset, DatasetDict
+    from onnx import load
+
+    from passes.base import SimpleContext
+    from passes.olive.kinds import ATTRIBUTES_FILE
+    from passes.onnx.export import ExportOnnx
+    from schemas.steps import ExportOnnxConfig
+    from tests.builders import tiny_corpus
+
+    source = make_artifact("hf_model", tiny_chat_llama_dir, {"task": "causal-lm", "labels": None})
+    mixed_ctx = make_ctx("mixed")
+    mixed = _run(_step("SelectiveMixedPrecision", {"algorithm": "k_quant_mixed"}), {"model": source}, mixed_ctx)
+    plan = json.loads((mixed_ctx.out_dir / ATTRIBUTES_FILE).read_text())["mixed_precision_info"]
+    assert plan["overrides"]["lm_head"]["bits"] == 8 and mixed["olive_attributes"] == ["mixed_precision_info"]
+
+    rows = tiny_corpus(16)
+    DatasetDict(train=Dataset.from_dict({"prompt": [t for t, _ in rows], "response": [l for _, l in rows]})
+                ).save_to_disk(str(tmp_path / "instr" / "data"))
+    data = make_artifact("dataset", tmp_path / "instr", {"format": "instruction", "labels": None}, "calib")
+    gptq_ctx = make_ctx("gptq")
+    gptq = _run(_step("Gptq", {"bits": 4, "group_size": 32, "sym": False, "lm_head": True}, data="calib", samples=8),
+                {"model": make_artifact("hf_model", mixed_ctx.out_dir, mixed, "mixed"), "data": data}, gptq_ctx)
+    quant = json.loads((gptq_ctx.out_dir / "config.json").read_text())["quantization_config"]
+    assert quant["quant_method"] == "olive" and set(plan["overrides"]) <= set(quant["overrides"])
+
+    out = tmp_path / "int4"
+    out.mkdir()
+    ctx = SimpleContext(step="int4", out_dir=out, quiet=True)
+    meta = ExportOnnx(ExportOnnxConfig(type="export_onnx", model="gptq", precision="int4")).run(
+        {"model": make_artifact("hf_model", gptq_ctx.out_dir, {**gptq, "model_type": "llama"}, "gptq")}, ctx)
+    assert meta["format"] == "genai" and meta["prequantized"]["quant_method"] == "olive"
+    assert meta["prequantized"]["overrides"] == len(quant["overrides"])
+    nodes = [n for n in load(str(out / "model.onnx"), load_external_data=False).graph.node if n.op_type == "MatMulNBits"]
+    bits = {n.name: next(a.i for a in n.attribute if a.name == "bits") for n in nodes}
+    assert set(bits.values()) == {4, 8} and bits["/lm_head/MatMulNBits"] == 8  # GPTQ's own bits, as packed
+    assert not [n for n in load(str(out / "model.onnx"), load_external_data=False).graph.node if n.op_type == "MatMul"]
+    with pytest.raises(PassError, match="set `precision: int4`"):
+        ExportOnnx(ExportOnnxConfig(type="export_onnx", model="gptq", precision="fp32")).run(
+            {"model": make_artifact("hf_model", gptq_ctx.out_dir, gptq, "gptq")}, ctx)
