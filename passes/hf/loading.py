@@ -4,6 +4,7 @@ Reusable by any pass that trains or evaluates a transformers model (training, me
 
 - `auto_class_for(task)`: the transformers Auto class that builds a model for a task.
 - `load_tokenizer(folder, causal=False)`: the folder's tokenizer; for causal LMs with a pad token.
+- `load_light_tokenizer(folder)`: the same ids through `tokenizers` alone (no transformers import), for checks.
 - `load_model(folder, task, labels=None)`: a float32 model with the right head and label names.
 - `load_dataset_dict(artifact)`: the `DatasetDict` of a `dataset` artifact, in memory.
 - `label_maps(labels)`: `id2label`, `label2id` for a transformers config.
@@ -93,6 +94,67 @@ def load_tokenizer(folder: Path, causal: bool = False, **kwargs: Any) -> Any:
             raise PassError(f"the tokenizer in {folder} has neither a pad nor an EOS token; add a pad token to it")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+class LightTokenizer:
+    """A folder's `tokenizer.json` through the `tokenizers` library alone, called like a transformers tokenizer
+    for what the output checks need (`tok(text)["input_ids"]`, `tok(texts, pairs, return_tensors="np", ...)`).
+
+    Why not `AutoTokenizer`: importing transformers (and torch with it) takes ~7 s here, more than many a
+    quantize or optimize step spends on its work, and every step run in a worker process (`--jobs`,
+    `isolation: process`) paid it again only to tokenize eight check sentences. transformers' fast
+    tokenizers are this same `tokenizers.Tokenizer` (same vocabulary, normalizer and special-token
+    template), so the ids agree (tests/passes/hf check it); padding uses the id transformers would.
+    """
+
+    def __init__(self, folder: Path):
+        import json
+
+        from tokenizers import Tokenizer
+
+        self._tok = Tokenizer.from_file(str(Path(folder) / "tokenizer.json"))
+        config_file = Path(folder) / "tokenizer_config.json"
+        config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+        limit = config.get("model_max_length")
+        self.model_max_length = int(limit) if isinstance(limit, (int, float)) and limit < 1e9 else None
+        pad = config.get("pad_token") or config.get("eos_token")
+        pad = pad.get("content") if isinstance(pad, dict) else pad
+        self.pad_token_id = (self._tok.token_to_id(pad) if pad else None) or 0
+        self.padding_side = config.get("padding_side", "right")
+
+    def __call__(self, texts: Any, pairs: Any = None, truncation: bool = False, padding: Any = False,
+                 return_tensors: str | None = None, max_length: int | None = None) -> dict[str, Any]:
+        import numpy as np
+
+        single = isinstance(texts, str)
+        batch = [texts] if single else list(texts)
+        items = list(zip(batch, pairs)) if pairs is not None else batch
+        limit = max_length or self.model_max_length
+        # the library's own truncation keeps the special tokens, as transformers does
+        if truncation and limit:
+            self._tok.enable_truncation(limit)
+        else:
+            self._tok.no_truncation()
+        if padding and return_tensors == "np":
+            self._tok.enable_padding(direction=self.padding_side, pad_id=self.pad_token_id)
+        else:
+            self._tok.no_padding()
+        rows = [{"input_ids": e.ids, "attention_mask": e.attention_mask, "token_type_ids": e.type_ids}
+                for e in self._tok.encode_batch(items)]
+        if return_tensors != "np":
+            return rows[0] if single else {k: [r[k] for r in rows] for k in rows[0]}
+        return {k: np.array([r[k] for r in rows], dtype=np.int64) for k in rows[0]}
+
+
+def load_light_tokenizer(folder: Path) -> Any:
+    """`LightTokenizer` when the folder has a tokenizer.json (every fast tokenizer saves one), else
+    `load_tokenizer`'s transformers tokenizer."""
+    if (Path(folder) / "tokenizer.json").is_file():
+        try:
+            return LightTokenizer(folder)
+        except Exception:  # noqa: BLE001 - a tokenizer.json `tokenizers` cannot read: transformers may
+            pass
+    return load_tokenizer(folder)
 
 
 def label_maps(labels: list[str]) -> tuple[dict[int, str], dict[str, int]]:

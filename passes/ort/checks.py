@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from passes.base import PassError
-from passes.hf.loading import load_tokenizer
+from passes.hf.loading import load_light_tokenizer
 from passes.ort.sessions import decoder_feed, encode, make_cpu_session, session_inputs
 
 #: Plain English the check tokenizes into samples of different lengths (any model's tokenizer knows it).
@@ -51,7 +51,7 @@ def compare_outputs(folder: Path, src: Path, dst: Path, outputs: list[str] | Non
         before, after = make_cpu_session(src), make_cpu_session(dst)
     except Exception as exc:  # an invalid graph: the user should know which step produced it
         raise PassError(f"onnxruntime cannot load {what}: {exc}") from exc
-    tokenizer = load_tokenizer(folder)
+    tokenizer = load_light_tokenizer(folder)  # not transformers: see LightTokenizer
     output = (outputs or [before.get_outputs()[0].name])[0]
     worst, same, total = 0.0, 0, 0
     # Samples one at a time, unpadded: as a deployed classifier sees them.
