@@ -25,6 +25,7 @@ import re
 import shutil
 import tempfile
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,7 @@ class Olive(Pass[OliveConfig]):
         with tempfile.TemporaryDirectory(prefix=f"olive-{ctx.step}-") as tmp:
             work = Path(tmp)
             options, data_note = _pass_options(cfg, pass_cls, source, dataset, work, ctx)
-            capture = _Capture()
+            capture = _Capture(ctx.log)
             with capture:
                 olive_pass = _build(pass_cls, options, ctx)
                 handler = _run(olive_pass, source, work, capture)
@@ -274,6 +275,31 @@ def _empty(folder: Path) -> None:
             item.unlink(missing_ok=True)
 
 
+#: A tqdm bar as Olive's passes print it: "Processing layers...:  40%|####      | 12/30 [...".
+_TQDM = re.compile(r"([^\r\n|]*?):?\s*(\d+)%\|[^|]*\|\s*(\d+)/(\d+)")
+
+
+class _ProgressStream(io.StringIO):
+    """Olive's printed output, kept for error messages; its progress bars (tqdm: GPTQ's "Processing
+    layers...", calibration loops) are passed to `report` as a line per tenth of the way, so a pass
+    that runs for many minutes shows that it moves."""
+
+    def __init__(self, report: Callable[[str], None] | None):
+        super().__init__()
+        self._report = report
+        self._shown: dict[str, int] = {}
+
+    def write(self, text: str) -> int:
+        if self._report is not None:
+            for desc, _, done, total in _TQDM.findall(text):
+                desc, done, total = desc.strip() or "progress", int(done), int(total)
+                tenth = done * 10 // total if total else 0
+                if tenth > self._shown.get(desc, -1):
+                    self._shown[desc] = tenth
+                    self._report(f"olive: {desc} {done}/{total}")
+        return super().write(text)
+
+
 class _Capture(logging.Handler):
     """While active: Olive's log records, transformers' warnings and stdout/stderr go to a buffer.
 
@@ -281,11 +307,11 @@ class _Capture(logging.Handler):
     lines of everything, for error messages.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, report: Callable[[str], None] | None = None) -> None:
         super().__init__(level=logging.INFO)
         self.lines: deque[str] = deque(maxlen=200)
         self.warnings: list[str] = []
-        self.stream = io.StringIO()
+        self.stream = _ProgressStream(report)
         self._stack = contextlib.ExitStack()
         self._saved: tuple[list, int, bool] | None = None
 

@@ -71,6 +71,8 @@ def test_gptq_on_a_causal_lm_gives_an_hf_folder(tiny_llama_dir, tiny_dataset, ma
     meta = _run(step, {"model": source, "data": tiny_dataset}, ctx)
     assert meta["format"] == "hf" and meta["quantization"] == "olive" and meta["model_type"] == "llama"
     assert (ctx.out_dir / "tokenizer.json").is_file() and (ctx.out_dir / "config.json").is_file()
+    progress = [line for line in ctx.lines if "olive: Processing layers" in line]  # GPTQ's tqdm, a line per tenth
+    assert progress and progress[-1].endswith("/".join([progress[-1].split()[-1].split("/")[1]] * 2))
     register_olive_quantizer()  # Olive's packed layers: transformers needs Olive's quantizer to read them
     ids = torch.tensor([[1, 5, 9, 12, 3]])
     with torch.no_grad():
