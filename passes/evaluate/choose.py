@@ -10,10 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from passes.evaluate.goals import bound_text, value_text
-
-#: Relative slack on constraint bounds: differences of measured floats are not exact.
-TOLERANCE = 1e-9
+from passes.evaluate.goals import bound_text, miss, value_text
 
 
 @dataclass
@@ -54,12 +51,10 @@ def check(metrics: dict[str, Any], constraints: dict[str, Any]) -> tuple[list[di
             missed.append(row)
             distance += 1.0
             continue
-        for bound, gap in ((goal.min, (goal.min or 0) - value), (goal.max, value - (goal.max or 0))):
-            # a tolerance for float noise: 0.985 - 0.99 is -0.50000000000000044 points, which meets min -0.5
-            if bound is not None and gap > TOLERANCE * max(1.0, abs(bound)):
-                missed.append(row)
-                distance += gap / max(abs(bound), 1e-9)
-                break
+        gap = miss(value, goal)  # the same rule (and float tolerance) as evaluate's goals
+        if gap:
+            missed.append(row)
+            distance += gap
     return missed, distance
 
 

@@ -11,13 +11,26 @@ from __future__ import annotations
 from typing import Any, Callable
 
 
+#: Relative slack on bounds: differences of measured floats are not exact (0.985 - 0.99 is
+#: -0.50000000000000044 points, which meets `min: -0.5`).
+TOLERANCE = 1e-9
+
+
+def miss(value: float, goal: Any) -> float:
+    """How far `value` is outside `goal`'s bounds, relative to the bound it misses; 0.0 when it meets them."""
+    for bound, gap in ((goal.min, (goal.min or 0) - value), (goal.max, value - (goal.max or 0))):
+        if bound is not None and gap > TOLERANCE * max(1.0, abs(bound)):
+            return gap / max(abs(bound), 1e-9)
+    return 0.0
+
+
 def check_goals(goals: dict[str, dict[str, Any]], results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per goal: model, metric, min, max, the measured value (None when not measured) and `met`."""
     rows = []
     for model, bounds in goals.items():
         for metric, goal in bounds.items():
             value = results.get(model, {}).get(metric)
-            met = value is not None and (goal.min is None or value >= goal.min) and (goal.max is None or value <= goal.max)
+            met = value is not None and miss(value, goal) == 0.0
             rows.append({"model": model, "metric": metric, "min": goal.min, "max": goal.max, "value": value, "met": met})
     return rows
 

@@ -56,3 +56,18 @@ def test_no_candidate_meeting_the_constraints_names_the_closest_and_what_it_miss
 def test_the_pareto_front_keeps_what_nothing_beats_on_both_axes():
     points = [("fp32", 9, 0.99), ("int8", 3, 0.985), ("int4", 2, 0.97), ("qdq", 3, 0.99), ("bad", 5, 0.96)]
     assert sorted(pareto_front(points)) == ["int4", "qdq"]
+
+
+def test_goals_and_select_share_one_bound_rule_with_float_tolerance():
+    """0.985 - 0.99 in points is -0.50000000000000044: it meets `min: -0.5` in evaluate's goals and in select."""
+    from types import SimpleNamespace
+
+    from passes.evaluate.goals import check_goals
+
+    goal = SimpleNamespace(min=-0.5, max=None)
+    value = (0.985 - 0.99) * 100
+    assert value < -0.5
+    assert check_goals({"m": {"delta": goal}}, {"m": {"delta": value}})[0]["met"]
+    assert check({"delta": value}, {"delta": goal}) == ([], 0.0)
+    assert not check_goals({"m": {"delta": goal}}, {"m": {"delta": -0.6}})[0]["met"]
+    assert check({"delta": -0.6}, {"delta": goal})[1] > 0
