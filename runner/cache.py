@@ -42,7 +42,7 @@ from .cache_check import (DATA, MANIFEST, DamagedEntry, artifact_digest, check_e
 from .fingerprint import Fingerprinter, iter_files, sha256_file
 from .keys import canonical_json
 
-__all__ = ["Cache", "Entry", "Stale", "MANIFEST", "DATA", "artifact_digest", "default_cache_dir"]
+__all__ = ["Cache", "Entry", "Stale", "MANIFEST", "DATA", "artifact_digest", "default_cache_dir", "tree_size"]
 
 
 def default_cache_dir() -> Path:
@@ -307,7 +307,7 @@ class Cache:
             except Timeout:
                 continue  # a run is training this key right now
             lock.release()
-            found.append(Stale(folder, _size(folder)))
+            found.append(Stale(folder, tree_size(folder)))
         return found
 
     def stale_work(self, key: str | None = None) -> list[Stale]:
@@ -315,7 +315,7 @@ class Cache:
         if not self.tmp.is_dir():
             return []
         found = [p for p in self.tmp.iterdir() if key is None or p.name.startswith(f"{key}.")]
-        return [Stale(p, _size(p)) for p in sorted(found) if not _owner_alive(p.name)]
+        return [Stale(p, tree_size(p)) for p in sorted(found) if not _owner_alive(p.name)]
 
     def gc(self, older_than_seconds: float, dry_run: bool = False) -> tuple[list[Entry], int, list[Stale]]:
         """Drop artifacts not used for `older_than_seconds`, stale temporary folders and abandoned checkpoints.
@@ -356,7 +356,7 @@ def _step_of(folder: Path) -> str:
     return step if isinstance(step, str) else "?"
 
 
-def _size(path: Path) -> int:
+def tree_size(path: Path) -> int:
     """Bytes under a folder (or of a file), counting what can be read."""
     if path.is_file():
         return path.stat().st_size

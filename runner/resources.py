@@ -22,7 +22,7 @@ from schemas import StepConfig
 from schemas.errors import PipelineError
 from schemas.paths import looks_like_hub_id, resolve_local_path
 
-from .fingerprint import iter_files
+from .cache import tree_size
 
 MB, GB = 1e6, 1e9
 
@@ -59,9 +59,8 @@ def threads_per_step(jobs: int, alone: bool, cores: int | None = None) -> int:
 
 
 def _size_mb(path: Path) -> float:
-    if path.is_file():
-        return path.stat().st_size / MB
-    return sum(full.stat().st_size for _, full in iter_files(path)) / MB if path.is_dir() else 0.0
+    """MB on disk of an input file or folder (0 when it is not there, e.g. a hub id)."""
+    return tree_size(path) / MB if path.exists() else 0.0
 
 
 def inputs_size_mb(config: StepConfig, inputs: dict[str, Any], folder: Path) -> float:
