@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas import StepConfig, Target
+
+from passes.ort import isa
 from schemas.base import RUN_FIELDS
 
 KEY_FORMAT = 1
@@ -47,10 +49,12 @@ class KeyParts:
     external: dict
     packages: dict
     target: dict | None
+    #: The CPU instruction set the step built for, for passes whose result depends on it on cpu targets.
+    isa: str | None = None
 
     def as_dict(self) -> dict:
-        """The JSON document that is hashed."""
-        return {
+        """The JSON document that is hashed (`isa` only where it applies, so other keys stay as they were)."""
+        return ({"isa": self.isa} if self.isa else {}) | {
             "format": KEY_FORMAT,
             "pass": self.pass_type,
             "pass_version": self.pass_version,
@@ -85,7 +89,9 @@ def key_parts(config: StepConfig, pass_version: int, packages: tuple[str, ...], 
         inputs=inputs,
         external=external,
         packages=package_versions(tuple(sorted(packages))),
-        target=target.model_dump(mode="json") if config.uses_target else None,
+        # `isa` is keyed as resolved (auto -> this machine's), and only for steps that depend on it.
+        target=target.model_dump(mode="json", exclude={"isa"}) if config.uses_target else None,
+        isa=isa.resolve(target.isa) if config.uses_isa and target.device == "cpu" else None,
     )
 
 
@@ -109,4 +115,6 @@ def explain_change(old: dict | None, new: KeyParts) -> str:
         return "package versions changed"
     if old.get("target") != new_d["target"]:
         return "target changed"
+    if old.get("isa") != new_d.get("isa"):
+        return f"CPU instruction set changed ({old.get('isa')} -> {new_d.get('isa')})"
     return "not in the cache"

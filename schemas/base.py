@@ -176,6 +176,8 @@ class StepConfig(StrictModel):
     key_exclude: ClassVar[frozenset[str]] = frozenset()
     #: Whether the result depends on the workflow's target (device / providers); if so it is keyed.
     uses_target: ClassVar[bool] = False
+    #: Whether, on a cpu target, the result depends on the CPU instruction set built for (`target.isa`).
+    uses_isa: ClassVar[bool] = False
 
     @classmethod
     def step_type(cls) -> str:

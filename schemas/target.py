@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from .errors import PipelineError
 
 Device = Literal["cpu", "gpu", "npu"]
+#: CPU instruction-set classes a cpu target can be built for (passes/ort/isa.py detects this machine's).
+CpuIsa = Literal["auto", "avx512_vnni", "avx2_vnni", "avx512", "avx2", "x86", "arm64", "generic"]
 CPU = "CPUExecutionProvider"
 
 #: Candidate providers per device, in order of preference (the first available one is used).
@@ -105,6 +107,9 @@ _DESCRIPTIONS = {
     "fallback": "When a provider is not available: `error` refuses the workflow before anything runs, `cpu` warns "
                 "once and runs on the CPU.",
     "threads": "Intra-op threads for ONNX Runtime sessions; default: all cores.",
+    "isa": "The CPU instruction set cpu-target passes build for (int8 weight range, fusions, int4 kernels): "
+           "`auto` is the CPU of the machine that runs the step; name one (avx2, avx512_vnni, arm64, ...) to build "
+           "for a different deployment machine. The resolved ISA is part of those steps' cache keys.",
 }
 _STRICT = ConfigDict(extra="forbid", validate_default=True, frozen=True, defer_build=True)  # as StrictModel (base.py imports us)
 
@@ -120,6 +125,7 @@ class Target(BaseModel):
     provider_libraries: dict[str, str] = Field(default_factory=dict, description=_DESCRIPTIONS["provider_libraries"])
     fallback: Literal["error", "cpu"] = Field("error", description=_DESCRIPTIONS["fallback"])
     threads: int | None = Field(None, ge=1, le=256, description=_DESCRIPTIONS["threads"])
+    isa: CpuIsa = Field("auto", description=_DESCRIPTIONS["isa"])
 
     @model_validator(mode="after")
     def _check(self) -> "Target":
@@ -179,6 +185,7 @@ class StepTarget(BaseModel):
     provider_libraries: dict[str, str] | None = Field(None, description=_DESCRIPTIONS["provider_libraries"])
     fallback: Literal["error", "cpu"] | None = Field(None, description=_DESCRIPTIONS["fallback"])
     threads: int | None = Field(None, ge=1, le=256, description=_DESCRIPTIONS["threads"])
+    isa: CpuIsa | None = Field(None, description=_DESCRIPTIONS["isa"])
 
 
 @dataclass(frozen=True)
