@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from passes import Artifact
+from passes.ort.isa import cpu_info
 from pipelines.validate import LoadedWorkflow
 from schemas.errors import PipelineError
+from schemas.target import Target
 from schemas.workflow import REPORT_MD, REPORTS_DIR, RUN_JSON
 
 from .keys import package_versions
@@ -143,7 +145,8 @@ def write_run_files(loaded: LoadedWorkflow, result: RunResult, artifacts: dict[s
                     for o, s in loaded.workflow.outputs.items()},
         "metrics": {name: r.meta["metrics"] for name, r in result.steps.items() if r.meta.get("metrics")},
         "packages": package_versions(tuple(sorted(set(RECORDED_PACKAGES) | declared))),
-        "platform": {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()},
+        "platform": {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
+                     "cpu": cpu_info().as_dict()},
     }
     tmp = result.output_dir / f".{RUN_JSON}.tmp"
     try:
@@ -169,7 +172,8 @@ def render_report(loaded: LoadedWorkflow, result: RunResult, artifacts: dict[str
         lines += [wf.description, ""]
     lines += [
         f"Status: **{result.status}** · {result.finished - result.started:.1f} s · "
-        f"target {wf.target.device} ({', '.join(wf.target.resolved_providers())}) · {_iso(result.started)}",
+        f"target {wf.target.device} ({', '.join(wf.target.resolved_providers())}) · {_iso(result.started)} · "
+        f"CPU {_cpu_line(wf.target)}",
         "",
         "| step | type | status | time | key | summary |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -194,6 +198,13 @@ def render_report(loaded: LoadedWorkflow, result: RunResult, artifacts: dict[str
             body = (folder / "report.md").read_text().replace("](", f"]({REPORTS_DIR}/{name}/")  # keep its images' links working
             lines += ["", f"## {'Evaluation' if art.kind == 'metrics' else 'Report'}: {name}", "", _demote(body)]
     return "\n".join(lines) + "\n"
+
+
+def _cpu_line(target: Target) -> str:
+    """The CPU, its instruction-set class and the ISA cpu-target steps built for when the target names another."""
+    info = cpu_info()
+    built_for = f", building for {target.isa}" if target.isa not in ("auto", info.isa) else ""
+    return f"{info.model} ({info.isa}{built_for})"
 
 
 def _report_folder(art: Artifact) -> Path | None:

@@ -130,6 +130,34 @@ def summarize(samples_ms: Sequence[float], batch_size: int) -> dict[str, float]:
     }
 
 
+def deployment_batches(texts: Sequence[Any], batch_size: int, count: int, length: Callable[[Any], int]) -> list[list[Any]]:
+    """`count` batches of the split's first texts as a deployment batches them: sorted by `length` (tokens), so
+    each batch pads only to its longest member, in `batch_size` chunks; the batches keep the sorted order
+    shuffled (seeded) so timing cycles through short and long ones alike. Fewer texts than needed are cycled."""
+    if not texts:
+        raise ValueError("the split has no rows to time with")
+    needed = batch_size * count
+    chosen = [texts[i % len(texts)] for i in range(needed)] if len(texts) < needed else list(texts[:needed])
+    if batch_size == 1:
+        return [[t] for t in chosen]  # split order: one text per call, no padding at all
+    ordered = sorted(chosen, key=length)
+    batches = [ordered[i:i + batch_size] for i in range(0, needed, batch_size)]
+    random.Random(count).shuffle(batches)
+    return batches
+
+
+def cycling(calls: Sequence[Callable[[], Any]]) -> Callable[[], Any]:
+    """One zero-argument callable running `calls` in turn, a different one each time (what the timer calls)."""
+    state = {"next": 0}
+
+    def run() -> Any:
+        i = state["next"]
+        state["next"] = (i + 1) % len(calls)
+        return calls[i]()
+
+    return run
+
+
 def latency_texts(texts: Sequence[Any], batch_size: int) -> list[Any]:
     """The first `batch_size` texts of the split, repeated cyclically when the split is smaller."""
     if not texts:

@@ -15,6 +15,21 @@ from passes.evaluate.goals import goals_table
 SCATTER_PNG = "accuracy_vs_latency.png"
 
 
+
+def _cpu_text(env: dict[str, Any]) -> str:
+    """The CPU and its instruction-set class (older metrics.json files have no `isa`)."""
+    return f"{env['cpu']} ({env['isa']})" if env.get("isa") else str(env["cpu"])
+
+
+def _inputs_text(cfg: dict[str, Any], results: dict[str, Any]) -> str:
+    """What the timed inputs were: padded to a fixed length, or the split's texts as a deployment batches them."""
+    if cfg.get("padding", "max_length") == "max_length":
+        return f"{cfg['sequence_length']} tokens (padded)"
+    tokens = next((m["tokens_mean"] for m in results.values() if "tokens_mean" in m), None)
+    mean = f", {tokens:.1f} tokens on average" if tokens else ""
+    how = "unpadded" if cfg["batch_size"] == 1 else "in length-sorted batches padded to their longest"
+    return f"the split's texts {how} (as deployed{mean}, at most {cfg['sequence_length']})"
+
 def add_comparisons(results: dict[str, dict[str, Any]], baseline: str) -> None:
     """Add `speedup` (baseline p50 / p50), `size_ratio` (size / baseline size) and `accuracy_delta_pt`."""
     base = results[baseline]
@@ -195,10 +210,10 @@ def write_report(out_dir: Path, payload: dict[str, Any], step: str) -> list[str]
             sections.append((f"Confusion matrix: {name}", _confusion_rows(m["confusion_matrix"], labels), charts.get(f"cm:{name}")))
     setup = (
         f"Split `{cfg['split']}` ({next(iter(results.values())).get('samples', '?')} rows), baseline `{baseline}`. "
-        f"Latency: batch {cfg['batch_size']}, {cfg['sequence_length']} tokens, {env['threads']} thread(s), "
+        f"Latency: batch {cfg['batch_size']}, {_inputs_text(cfg, results)}, {env['threads']} thread(s), "
         f"{cfg['warmup']} warmup + {cfg['repeats']} timed runs per model in {cfg['blocks']} interleaved, shuffled blocks "
         f"(all models in one process). Speedup = baseline p50 / model p50; Δ acc in percentage points. "
-        f"CPU: {env['cpu']}; onnxruntime {env['onnxruntime']}, torch {env['torch']}."
+        f"CPU: {_cpu_text(env)}; onnxruntime {env['onnxruntime']}, torch {env['torch']}."
     ) + _parallel_note(results)
     md = [f"# Evaluation: {step}", "", summary_line(results, baseline), "", setup, ""]
     body = [f"<h1>Evaluation: {html.escape(step)}</h1>", f"<p><b>{html.escape(summary_line(results, baseline))}</b></p>", f"<p>{html.escape(setup)}</p>"]
@@ -289,7 +304,7 @@ def write_lm_report(out_dir: Path, payload: dict[str, Any], step: str) -> list[s
         f"context (chat template: {'yes' if payload['chat'].get('chat_template') else 'no'}). Decode speed: greedy, "
         f"{cfg['max_new_tokens']} new tokens after one prompt, {env['threads']} thread(s), median of "
         f"{cfg['generation_runs']} runs per model interleaved in shuffled order; tokens/s counts the tokens after the "
-        f"first, TTFT is prefill plus the first token. CPU: {env['cpu']}."
+        f"first, TTFT is prefill plus the first token. CPU: {_cpu_text(env)}."
     )
     summary = lm_summary_line(results, baseline)
     md = [f"# Evaluation: {step}", "", summary, "", setup, "", "## Models", "", _md(_lm_table(results, baseline)), ""]

@@ -37,6 +37,8 @@ HF_WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "tf_model*.h5", "fl
 EVAL_BATCH = 32
 #: Seed of the block shuffling: a rerun interleaves the models in the same order.
 SHUFFLE_SEED = 0
+#: Distinct batches the deployment-style latency cycles through (at batch 1: the split's first 200 texts).
+LATENCY_BATCHES = 200
 
 
 def artifact_size_bytes(artifact: Artifact) -> int:
@@ -56,12 +58,17 @@ def artifact_size_bytes(artifact: Artifact) -> int:
     return sum(p.stat().st_size for p in set(found))
 
 
+def _token_count(clf: Classifier, text: Any, limit: int) -> int:
+    """Tokens of one text (or text pair) as the model sees it, truncated at `limit`: the batches' sort key."""
+    return int(clf.encode([text], truncation=True, max_length=limit)["input_ids"].shape[1])
+
+
 @register_pass
 class Evaluate(Pass[EvaluateConfig]):
     """Evaluate classifiers on a dataset split: quality (sklearn), interleaved latency, size; write a report."""
 
     config_class = EvaluateConfig
-    version = 2
+    version = 3  # 3: latency times the split's texts as deployed (padding: longest) by default
     #: Not measured: every model loaded at once (a PyTorch model at its size, an onnxruntime session at about
     #: twice its file), beside torch, transformers, onnxruntime, scikit-learn and matplotlib (about 600 MB).
     memory = MemoryUse(factor=3.0, base_mb=600)
@@ -204,18 +211,32 @@ class Evaluate(Pass[EvaluateConfig]):
 
     def _time(self, classifiers: dict[str, Classifier], texts: list[Any], ctx: Any, results: dict[str, dict[str, Any]], threads: int) -> latency.Timings:
         cfg = self.config
-        batch = latency.latency_texts(texts, cfg.batch_size)
-        runners = {}
+        runners, tokens = {}, None
         for name, clf in classifiers.items():
             if clf.max_positions and cfg.sequence_length > clf.max_positions:
                 raise PassError(f"`sequence_length` {cfg.sequence_length} exceeds model {name!r}'s {clf.max_positions} positions; lower it")
-            enc = clf.encode(batch, padding="max_length", truncation=True, max_length=cfg.sequence_length)
-            runners[name] = clf.bind(enc)
+        if cfg.padding == "max_length":
+            batch = latency.latency_texts(texts, cfg.batch_size)
+            for name, clf in classifiers.items():
+                enc = clf.encode(batch, padding="max_length", truncation=True, max_length=cfg.sequence_length)
+                runners[name] = clf.bind(enc)
+            shape = f"{cfg.sequence_length} tokens (padded)"
+        else:
+            # As deployed: every model gets the same batches of real texts, each padded to its longest only.
+            first = next(iter(classifiers.values()))
+            count = min(LATENCY_BATCHES, cfg.repeats)
+            batches = latency.deployment_batches(texts, cfg.batch_size, count, lambda t: _token_count(first, t, cfg.sequence_length))
+            for name, clf in classifiers.items():
+                encoded = [clf.encode(b, padding="longest", truncation=True, max_length=cfg.sequence_length) for b in batches]
+                runners[name] = latency.cycling([clf.bind(enc) for enc in encoded])
+                tokens = sum(int(enc["input_ids"].shape[1]) for enc in encoded) / len(encoded)
+            shape = "the split's texts unpadded" if cfg.batch_size == 1 else "the split's texts in length-sorted batches padded to their longest"
+            shape += f" ({tokens:.1f} tokens on average, at most {cfg.sequence_length})"
         total = cfg.repeats * len(runners)
         load_before = latency.load_average()
         # Timing starts once the cores work in parallel again (after loading, or a previous step's burst).
         parallel = machine.settle(threads, ctx.target.device, ctx.log)
-        ctx.log(f"timing {len(runners)} model(s): batch {cfg.batch_size}, {cfg.sequence_length} tokens, {threads} thread(s), {cfg.warmup} warmup + {cfg.repeats} runs each in {cfg.blocks} interleaved blocks")
+        ctx.log(f"timing {len(runners)} model(s): batch {cfg.batch_size}, {shape}, {threads} thread(s), {cfg.warmup} warmup + {cfg.repeats} runs each in {cfg.blocks} interleaved blocks")
         with ctx.progress(total, "latency") as bar:
             timings = latency.time_interleaved(runners, warmup=cfg.warmup, repeats=cfg.repeats, blocks=cfg.blocks, seed=SHUFFLE_SEED, progress=bar)
         load = max(load_before, latency.load_average())
@@ -227,25 +248,22 @@ class Evaluate(Pass[EvaluateConfig]):
             results[name]["load_average"] = round(load, 2)
             results[name].update(parallel)
             results[name]["latency_provider"] = classifiers[name].provider  # what the timed session really ran on
-            results[name].update(threads=threads, batch_size=cfg.batch_size, sequence_length=cfg.sequence_length)
+            results[name].update(threads=threads, batch_size=cfg.batch_size, sequence_length=cfg.sequence_length,
+                                 padding=cfg.padding, tokens_mean=round(tokens or cfg.sequence_length, 2))
         return timings
 
     @staticmethod
     def _environment(threads: int, target: Target) -> dict[str, Any]:
+        from passes.ort.isa import cpu_info
+
         import onnxruntime
         import torch
         import transformers
 
-        cpu = platform.processor() or platform.machine()
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
+        info = cpu_info()
         return {
-            "threads": threads, "cpu_count": os.cpu_count(), "cpu": cpu, "platform": platform.platform(),
+            "threads": threads, "cpu_count": os.cpu_count(), "cpu": info.model, "isa": info.isa,
+            "cpu_flags": list(info.flags), "platform": platform.platform(),
             "python": platform.python_version(), "target": target.model_dump(mode="json"),
             "providers": {"requested": target.resolved_providers(), "available": onnxruntime.get_available_providers()},
             "onnxruntime": onnxruntime.__version__, "torch": torch.__version__, "transformers": transformers.__version__,

@@ -28,6 +28,7 @@ from schemas.steps import OptimizeOnnxConfig
 
 from passes.ort import files
 from passes.ort import fusion
+from passes.ort import isa
 from passes.ort import providers
 from passes.ort.checks import compare_outputs
 from passes.ort.sessions import target_session
@@ -60,14 +61,20 @@ class OptimizeOnnx(Pass[OptimizeOnnxConfig]):
         target = ctx.target
         config = read_config(source.path)
         model_type = self._model_type(config, ctx)
-        skip_layer_norm = cfg.skip_layer_norm if cfg.skip_layer_norm is not None else target.device != "cpu"
+        built_for = isa.resolve(target.isa)
+        if cfg.skip_layer_norm is not None:
+            skip_layer_norm = cfg.skip_layer_norm
+        else:
+            skip_layer_norm = target.device != "cpu" or isa.fuse_skip_layer_norm(built_for)
         fp16 = cfg.fp16 if cfg.fp16 is not None else target.device == "gpu"
         decided = []  # what the target decided (fields the step left unset)
         if cfg.skip_layer_norm is None:
-            decided.append("SkipLayerNorm fused" if skip_layer_norm else "SkipLayerNorm unfused (slower on x86 CPUs)")
+            decided.append(f"SkipLayerNorm fused ({built_for})" if skip_layer_norm
+                           else f"SkipLayerNorm unfused (slower on x86 CPUs; building for {built_for})")
         if cfg.fp16 is None:
             decided.append("float16 (GPU)" if fp16 else "float32")
         choices = {"model_type": model_type, "skip_layer_norm": skip_layer_norm, "fp16": fp16, "level": cfg.level,
+                   "isa": built_for if target.device == "cpu" else None,
                    "reason": f"{target.device} target: {', '.join(decided) or 'as set in the step'}"}
         ctx.log(f"optimizing: fusions {model_type or 'none'}, level {cfg.level}, {'fp16' if fp16 else 'fp32'} ({choices['reason']})")
         nodes_before = sum(files.op_counts(src_model).values())

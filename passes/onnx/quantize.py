@@ -38,6 +38,7 @@ from schemas.steps import QuantizeConfig
 from passes.onnx.quant_plan import plan_quantization
 from passes.ort import files
 from passes.ort.checks import compare_outputs
+from passes.ort import isa
 from passes.ort.fusion import fuse_encoder
 from passes.base import Artifact, MemoryUse, Pass, PassError, StepContext
 from passes.hf.folders import read_config
@@ -79,6 +80,10 @@ class Quantize(Pass[QuantizeConfig]):
         family = files.model_family(source.path, source.meta)
         plan = plan_quantization(cfg, ctx.target, causal_lm=family == "causal_lm")
         method = plan.method
+        # The CPU built for decides the SkipLayerNorm fusion (passes/ort/isa.py). Integer ops run on the CPU
+        # provider on any target; without a cpu target the CPU is unknown: unfused, as for x86.
+        built_for = isa.resolve(ctx.target.isa) if ctx.target.device == "cpu" else None
+        skip_layer_norm = built_for is not None and isa.fuse_skip_layer_norm(built_for)
         ctx.log(f"{method}{f' ({plan.activation_type} activations, {plan.profile} op set)' if plan.profile else ''}: "
                 f"{plan.reason}")
         dst_model = ctx.out_dir / files.MODEL_FILE
@@ -96,7 +101,7 @@ class Quantize(Pass[QuantizeConfig]):
             if method == "dynamic_int8" and fused_ops:
                 ctx.log(f"the input is already fused ({', '.join(sorted(fused_ops))}): quantizing it as it is")
             elif method == "dynamic_int8" and cfg.fuse and (cfg.op_types is None or FUSED_OP_TYPES & set(cfg.op_types)):
-                graph, fused = _fuse_for_int8(source, scratch, cfg.exclude_nodes, ctx)
+                graph, fused = _fuse_for_int8(source, scratch, cfg.exclude_nodes, skip_layer_norm, ctx)
                 excluded = _nodes_to_exclude(graph, cfg.exclude_nodes, cfg.exclude_op_types)
             if excluded:
                 ctx.log(f"leaving {len(excluded)} node(s) unquantized")
@@ -137,7 +142,7 @@ class Quantize(Pass[QuantizeConfig]):
             "opset": source.meta.get("opset"),
             "method": method,
             "family": family,
-            "choices": plan.as_dict(),
+            "choices": {**plan.as_dict(), "isa": built_for, "skip_layer_norm": skip_layer_norm if fused else None},
             "execution": check["execution"],
             "size_mb": files.mb(size_out),
             "size_ratio": round(ratio, 4),
@@ -153,7 +158,7 @@ class Quantize(Pass[QuantizeConfig]):
         }
 
 
-def _fuse_for_int8(source: Artifact, scratch: Path, exclude_nodes: list[str], ctx: StepContext
+def _fuse_for_int8(source: Artifact, scratch: Path, exclude_nodes: list[str], skip_layer_norm: bool, ctx: StepContext
                    ) -> tuple[Path, dict[str, int] | None]:
     """The graph to quantize: the input fused with onnxruntime's transformer optimizer when that is safe.
 
@@ -166,7 +171,7 @@ def _fuse_for_int8(source: Artifact, scratch: Path, exclude_nodes: list[str], ct
     if not config:
         ctx.log("no config.json next to the model: quantizing the unfused graph")
         return src, None
-    stats = fuse_encoder(src, scratch, SimpleNamespace(**config), ctx.log)
+    stats = fuse_encoder(src, scratch, SimpleNamespace(**config), ctx.log, skip_layer_norm=skip_layer_norm)
     if not stats:
         return src, None
     fused = scratch / files.MODEL_FILE

@@ -87,8 +87,11 @@ def save_fused(fused: Any, dst_dir: Path) -> Path:
     return dst_dir / files.MODEL_FILE
 
 
-def fuse_encoder(src: Path, dst_dir: Path, config: Any, log: Callable[[str], None]) -> dict[str, int] | None:
+def fuse_encoder(src: Path, dst_dir: Path, config: Any, log: Callable[[str], None],
+                 skip_layer_norm: bool = False) -> dict[str, int] | None:
     """Write the fused graph of `src` as `dst_dir/model.onnx`; None when the model type or graph does not fuse.
+
+    `skip_layer_norm`: fuse SkipLayerNormalization too (for CPUs where it is not slower: `isa.fuse_skip_layer_norm`).
 
     Returns the fused operator counts (e.g. {"Attention": 6, "EmbedLayerNormalization": 1, ...}).
     """
@@ -96,7 +99,7 @@ def fuse_encoder(src: Path, dst_dir: Path, config: Any, log: Callable[[str], Non
     if model_type not in BERT_FAMILY:
         log(f"no transformer fusions for model type {model_type!r}: the graph stays unfused")
         return None
-    fused = fuse(src, "bert", config, fusion_options("bert", skip_layer_norm=False))
+    fused = fuse(src, "bert", config, fusion_options("bert", skip_layer_norm=skip_layer_norm))
     stats = fused_counts(fused)
     if not stats.get("Attention"):
         log(f"the transformer optimizer fused no attention in this graph ({stats or 'nothing'}): it stays unfused")

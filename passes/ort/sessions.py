@@ -15,11 +15,17 @@ from typing import Any
 from schemas.target import ProviderChoice, Target
 
 from passes.base import PassError, thread_budget
+from passes.ort.isa import detect_isa, fuse_skip_layer_norm
 from passes.ort.files import CACHE_INPUT_PREFIXES, EXTERNAL_DATA_FILE, has_external_data
 from passes.ort.providers import provider_options_for
 
-#: SkipLayerNormalization is slow in this onnxruntime on x86 CPUs (PERFORMANCE-NOTES.md): keep it unfused.
+#: SkipLayerNormalization is slow in this onnxruntime on x86 CPUs (PERFORMANCE-NOTES.md): keep it unfused there.
 CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
+
+
+def cpu_disabled_optimizers() -> list[str]:
+    """The graph optimizers a CPU-provider session on this machine leaves out (none off x86: passes/ort/isa.py)."""
+    return [] if fuse_skip_layer_norm(detect_isa()) else list(CPU_DISABLED_OPTIMIZERS)
 
 
 def cpu_cores() -> int:
@@ -59,7 +65,7 @@ def make_session(model_path: Path, providers: list[str], threads: int | None = N
             options.add_session_config_entry("session.optimized_model_external_initializers_file_name", EXTERNAL_DATA_FILE)
             options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     if disabled_optimizers is None:
-        disabled_optimizers = list(CPU_DISABLED_OPTIMIZERS) if providers[0] == "CPUExecutionProvider" else []
+        disabled_optimizers = cpu_disabled_optimizers() if providers[0] == "CPUExecutionProvider" else []
     provider_options = provider_options or [{} for _ in providers]
     built_in = set(ort.get_available_providers())
     if all(p in built_in for p in providers):

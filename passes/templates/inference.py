@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import sys
 from pathlib import Path
 
@@ -25,8 +26,10 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 HERE = Path(__file__).resolve().parent
-#: SkipLayerNormalization is slower than the unfused Add + LayerNormalization on many x86 CPUs.
-CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
+#: SkipLayerNormalization is slower than the unfused Add + LayerNormalization on x86 CPUs (measured on AMD Zen 3
+#: and Zen 4); elsewhere (arm64) onnxruntime's default, fused, is kept.
+X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
+CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"] if X86 else []
 
 
 def _read_json(name: str) -> dict:
@@ -74,7 +77,7 @@ def make_session(threads: int) -> ort.InferenceSession:
     options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(
-        str(HERE / "model.onnx"), options, providers=["CPUExecutionProvider"], disabled_optimizers=CPU_DISABLED_OPTIMIZERS
+        str(HERE / "model.onnx"), options, providers=["CPUExecutionProvider"], disabled_optimizers=CPU_DISABLED_OPTIMIZERS or None
     )
 
 
@@ -93,6 +96,17 @@ def encode(tokenizer: Tokenizer, session: ort.InferenceSession, texts: list[str]
         dtype = np.int32 if node.type == "tensor(int32)" else np.int64
         feed[node.name] = np.asarray(columns[node.name], dtype=dtype)
     return feed
+
+
+def length_sorted_batches(tokenizer: Tokenizer, texts: list[str], batch_size: int) -> list[list[int]]:
+    """Indices of `texts` in batches of similar token length, shortest first.
+
+    Each batch is padded to its own longest member only, so the model computes no padding it does not need:
+    on MiniLM int8 an SMS at its own length (34 tokens on average) ran 2.6-3x faster than padded to 64.
+    """
+    lengths = [sum(e.attention_mask) for e in tokenizer.encode_batch(texts)]  # real tokens, padding excluded
+    order = sorted(range(len(texts)), key=lengths.__getitem__)
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def classify(logits: np.ndarray, config: dict) -> list[dict]:
@@ -124,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sentences", nargs="*", help="Sentences to run (default: one per line from stdin).")
     parser.add_argument("--json", action="store_true", help="Print one JSON object per sentence.")
     parser.add_argument("--threads", type=int, default=cpu_cores(), help="Intra-op threads (default: the cores).")
-    parser.add_argument("--batch-size", type=int, default=16, help="Sentences per model call.")
+    parser.add_argument("--batch-size", type=int, default=16,
+                        help="Sentences per model call (grouped by length, each call padded to its longest).")
     args = parser.parse_args(argv)
     texts = args.sentences or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
@@ -134,25 +149,26 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = load_tokenizer(config, tok_config)
     session = make_session(max(1, args.threads))
     output = session.get_outputs()[0].name
-    for start in range(0, len(texts), max(1, args.batch_size)):
-        chunk = texts[start:start + args.batch_size]
-        feed = encode(tokenizer, session, chunk)
+    rows: list[dict | None] = [None] * len(texts)
+    for batch in length_sorted_batches(tokenizer, texts, max(1, args.batch_size)):
+        feed = encode(tokenizer, session, [texts[i] for i in batch])
         (result,) = session.run([output], feed)
-        if output == "logits":
-            rows = classify(result, config)
-            for text, row in zip(chunk, rows):
-                if args.json:
-                    print(json.dumps({"text": text, **row}))
-                else:
-                    print(f"{row['label']}\t{row['score']:.4f}\t{text}")
+        found = classify(result, config) if output == "logits" else [
+            {"embedding": vector} for vector in embed(result, feed["attention_mask"])]
+        for i, row in zip(batch, found):
+            rows[i] = row
+    for text, row in zip(texts, rows):  # printed in the order the sentences came
+        if "embedding" in row:
+            vector = row["embedding"]
+            if args.json:
+                print(json.dumps({"text": text, "embedding": [round(float(v), 6) for v in vector]}))
+            else:
+                head = " ".join(f"{v:+.3f}" for v in vector[:4])
+                print(f"[{head} ...] dim={vector.shape[0]}\t{text}")
+        elif args.json:
+            print(json.dumps({"text": text, **row}))
         else:
-            vectors = embed(result, feed["attention_mask"])
-            for text, vector in zip(chunk, vectors):
-                if args.json:
-                    print(json.dumps({"text": text, "embedding": [round(float(v), 6) for v in vector]}))
-                else:
-                    head = " ".join(f"{v:+.3f}" for v in vector[:4])
-                    print(f"[{head} ...] dim={vector.shape[0]}\t{text}")
+            print(f"{row['label']}\t{row['score']:.4f}\t{text}")
     return 0
 
 

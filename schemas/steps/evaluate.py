@@ -59,7 +59,16 @@ class EvaluateConfig(StepConfig):
     max_samples: int | None = Field(None, ge=1, description="Evaluate on at most this many examples.")
     max_length: int = Field(128, ge=8, le=32768, description="Truncate inputs to this many tokens for the quality metrics.")
     batch_size: int = Field(1, ge=1, le=1024, description="Batch size for the latency measurement.")
-    sequence_length: int = Field(64, ge=1, le=32768, description="Tokens per input for the latency measurement.")
+    sequence_length: int = Field(
+        64, ge=1, le=32768,
+        description="Latency inputs: with `padding: longest` the longest input (longer texts are truncated to it), "
+        "with `max_length` the length every input is padded to.")
+    padding: Literal["longest", "max_length"] = Field(
+        "longest",
+        description="Latency inputs. `longest`: what a deployment runs (the exported inference.py does the same): "
+        "the split's own texts, batches of similar length padded only to their longest (batch 1: no padding), "
+        "a different batch each call. `max_length`: one batch padded to `sequence_length` every call (fixed-shape "
+        "benchmarks; padding costs time the texts do not need).")
     warmup: int = Field(10, ge=0, le=10000, description="Untimed runs before timing each model.")
     repeats: int = Field(200, ge=5, le=1000000, description="Timed runs per model (spread over shuffled blocks).")
     blocks: int = Field(10, ge=1, le=1000, description="Timing blocks; models are interleaved in shuffled block order.")

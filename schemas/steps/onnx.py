@@ -132,7 +132,7 @@ class QuantizeConfig(StepConfig):
     fuse: bool = Field(
         True,
         description="dynamic_int8: first fuse attention, embeddings and Gelu with onnxruntime's transformer "
-        "optimizer (BERT-family encoders; SkipLayerNorm left unfused, it is slow on x86 CPUs), so attention "
+        "optimizer (BERT-family encoders; SkipLayerNorm left unfused for x86 CPUs, where it is slow), so attention "
         "quantizes into QAttention (~1.2x faster at 2 threads); with `op_types` set, only when they name a fused "
         "op (Attention, EmbedLayerNormalization). Off: standard ONNX int8 operators only.",
     )
@@ -143,6 +143,11 @@ class QuantizeConfig(StepConfig):
     def uses_target(self) -> bool:  # type: ignore[override]
         """The target picks the method when none is set, and static QDQ's op set and activation type."""
         return self.method in (None, "static_int8")
+
+    @property
+    def uses_isa(self) -> bool:  # type: ignore[override]
+        """dynamic_int8 fuses the encoder first, with SkipLayerNorm as the CPU's instruction set runs it best."""
+        return self.method in (None, "dynamic_int8") and self.fuse
 
     def needs_calibration_data(self, target: Target | None = None) -> bool:
         """True when this step runs static QDQ, which is calibrated on `data`: the one statement of that rule.
@@ -213,8 +218,8 @@ class OptimizeOnnxConfig(StepConfig):
     )
     skip_layer_norm: bool | None = Field(
         None,
-        description="Fuse SkipLayerNormalization. Default: not on cpu targets (slower than Add + LayerNormalization "
-        "in this onnxruntime on x86), yes elsewhere.",
+        description="Fuse SkipLayerNormalization. Default: not for x86 CPUs (`target.isa`, detected by default: "
+        "slower than Add + LayerNormalization there), yes for arm64 CPUs and other devices.",
     )
     fusion_options: dict[str, bool] = Field(
         default_factory=dict,
@@ -234,3 +239,8 @@ class OptimizeOnnxConfig(StepConfig):
 
     output_kind: ClassVar[str] = "onnx_model"
     uses_target: ClassVar[bool] = True  # SkipLayerNorm, fp16 and provider-specific levels follow the target
+
+    @property
+    def uses_isa(self) -> bool:  # type: ignore[override]
+        """On cpu targets the SkipLayerNorm fusion follows the instruction set unless the step sets it."""
+        return self.skip_layer_norm is None

@@ -29,15 +29,21 @@ def _fake_artifact(name: str, kind: str):
                     step=name)
 
 
-def recipe_keys(recipe: Path, versions: dict[str, str], cache_dir: Path) -> dict[str, str]:
-    """Every step's key with the given package versions and name-derived input digests."""
+#: The CPU instruction set the pinned keys are computed for (steps built for a cpu target key it: runner/keys.py).
+PINNED_ISA = "avx2"
+
+
+def recipe_keys(recipe: Path, versions: dict[str, str], cache_dir: Path, cpu_isa: str = PINNED_ISA) -> dict[str, str]:
+    """Every step's key with the given package versions, CPU instruction set and name-derived input digests."""
+    import passes.ort.isa
     import runner.keys
     from pipelines.validate import load_workflow
     from runner.cache import Cache
     from runner.execute import compute_parts
 
-    original = runner.keys.package_versions
+    original, detect = runner.keys.package_versions, passes.ort.isa.detect_isa
     runner.keys.package_versions = lambda names: {n: versions.get(n, "missing") for n in names}
+    passes.ort.isa.detect_isa = lambda: cpu_isa
     try:
         loaded = load_workflow(recipe)
         artifacts = {n: _fake_artifact(n, loaded.workflow.steps[n].output_kind) for n in loaded.order}
@@ -48,7 +54,7 @@ def recipe_keys(recipe: Path, versions: dict[str, str], cache_dir: Path) -> dict
         cache.fingerprints.close()
         return keys
     finally:
-        runner.keys.package_versions = original
+        runner.keys.package_versions, passes.ort.isa.detect_isa = original, detect
 
 
 def _needs_missing_package(recipe: Path) -> str | None:
@@ -79,6 +85,7 @@ def test_plan_shows_the_pinned_source_keys(recipe, tmp_path, monkeypatch):
     if _needs_missing_package(recipe):
         pytest.fail(f"{recipe.name} needs {_needs_missing_package(recipe)}")
     monkeypatch.setattr(runner.keys, "package_versions", lambda names: {n: golden["packages"].get(n, "missing") for n in names})
+    monkeypatch.setattr("passes.ort.isa.detect_isa", lambda: PINNED_ISA)
     rows = plan_workflow(load_workflow(recipe), tmp_path / "cache")
     shown = {r.name: r.key for r in rows if r.key}
     assert shown, "plan showed no key"
@@ -86,7 +93,8 @@ def test_plan_shows_the_pinned_source_keys(recipe, tmp_path, monkeypatch):
 
 
 def main() -> None:
-    """Write recipe_keys.json from the code as it is (`--write`)."""
+    """Write recipe_keys.json from the code as it is (`--write`), with the package versions pinned in it (the
+    installed ones when it does not exist yet, or with `--packages`)."""
     import importlib.metadata
     import tempfile
 
@@ -99,6 +107,8 @@ def main() -> None:
             versions[n] = importlib.metadata.version(n)
         except importlib.metadata.PackageNotFoundError:
             pass
+    if GOLDEN.exists() and "--packages" not in sys.argv:
+        versions = json.loads(GOLDEN.read_text())["packages"]
     out = {"packages": versions, "recipes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for recipe in RECIPES:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from passes.ort.isa import ISAS
+
 from runner.cache import Cache
 from tests.helpers import FAKE_WORKFLOW, cli, fake_project
 
@@ -29,7 +31,9 @@ def test_run_then_rerun_runs_nothing(tmp_path, monkeypatch):
     assert all(len(s["key"]) == 64 for s in doc["steps"].values())
     assert doc["steps"]["a"]["metrics"] == {"length": 6}
     assert "pydantic" in doc["packages"]
-    assert (tmp_path / "out" / "report.md").read_text().startswith("# fake")
+    assert doc["platform"]["cpu"]["isa"] in ISAS  # the CPU's instruction set is recorded with every run
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert report.startswith("# fake") and f"({doc['platform']['cpu']['isa']})" in report
     assert (tmp_path / "out" / "logs" / "run.log").exists()
     assert run(wf, tmp_path) == 0
     assert len(counts(tmp_path)) == 5  # nothing ran again

@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 
+from passes.ort.isa import detect_isa, fuse_skip_layer_norm
 from pipelines.validate import load_workflow
 from runner.keys import key_parts
 from schemas import Target
@@ -80,11 +81,11 @@ def test_the_target_is_keyed_only_where_the_result_depends_on_it():
 
     cpu, npu = Target(), Target(device="npu", fallback="cpu")
     auto = QuantizeConfig(type="quantize", model="m", data="d")
-    fixed = QuantizeConfig(type="quantize", model="m", method="dynamic_int8")
+    fixed = QuantizeConfig(type="quantize", model="m", method="int4")
     assert key(auto, cpu) != key(auto, npu)
     assert key(fixed, cpu) == key(fixed, npu)
     # A step's own `target:` enters as the effective target, never as config (no key change of its own).
-    overridden = QuantizeConfig(type="quantize", model="m", method="dynamic_int8", target=StepTarget(device="npu"))
+    overridden = QuantizeConfig(type="quantize", model="m", method="int4", target=StepTarget(device="npu"))
     assert key(overridden, cpu) == key(fixed, cpu)
     ev = EvaluateConfig(type="evaluate", models=["m"], data="d")
     assert key(ev, cpu) != key(ev, Target(threads=1))
@@ -126,9 +127,10 @@ def test_run_records_the_provider_each_step_used_and_what_passes_chose(tmp_path,
     steps = doc["steps"]
     assert steps["q"]["choices"]["method"] == "dynamic_int8" and steps["q"]["target"] is None
     assert steps["npu"]["choices"] == {"method": "static_int8", "activation_type": "uint16", "profile": "qnn",
-                                       "reason": steps["npu"]["choices"]["reason"]}
+                                       "reason": steps["npu"]["choices"]["reason"], "isa": None, "skip_layer_norm": None}
+    assert steps["q"]["choices"]["isa"] == doc["platform"]["cpu"]["isa"]  # built for this machine's CPU
     assert steps["npu"]["target"]["device"] == "npu"
-    assert steps["opt"]["choices"]["skip_layer_norm"] is False and steps["opt"]["execution"]["provider"] == "CPUExecutionProvider"
+    assert steps["opt"]["choices"]["skip_layer_norm"] is fuse_skip_layer_norm(detect_isa()) and steps["opt"]["execution"]["provider"] == "CPUExecutionProvider"
     execution = steps["report"]["execution"]
     assert execution["provider"] == "CPUExecutionProvider" and execution["threads"] == 1
     assert execution["models"] == {"onnx": "CPUExecutionProvider", "q": "CPUExecutionProvider", "npu": "CPUExecutionProvider"}

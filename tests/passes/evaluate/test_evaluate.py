@@ -230,3 +230,57 @@ def test_goals_are_checked_reported_and_kept(tiny_bert_classifier_dir, tiny_onnx
 def test_bad_goals_are_config_errors(goals, message):
     with pytest.raises(ValueError, match=message):
         _config(goals=goals)
+
+
+def test_deployment_batches_are_real_texts_sorted_by_length_and_cycled():
+    texts = ["a b c d e", "a", "a b c", "a b", "a b c d", "a b c d e f"]
+    words = lambda t: len(t.split())  # noqa: E731
+    assert _latency.deployment_batches(texts, 1, 4, words) == [[t] for t in texts[:4]]  # batch 1: split order, no padding
+    batches = _latency.deployment_batches(texts, 2, 3, words)
+    assert sorted(t for b in batches for t in b) == sorted(texts)
+    lengths = sorted([sorted(words(t) for t in b) for b in batches])
+    assert lengths == [[1, 2], [3, 4], [5, 6]]  # neighbours in length share a batch: each pads to its longest only
+    assert [len(b) for b in _latency.deployment_batches(texts[:3], 2, 4, words)] == [2, 2, 2, 2]  # too few texts: cycled
+    runs = []
+    run = _latency.cycling([lambda i=i: runs.append(i) for i in range(3)])
+    for _ in range(7):
+        run()
+    assert runs == [0, 1, 2, 0, 1, 2, 0]
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_latency_times_the_split_as_deployed_without_padding_waste(batch_size, tiny_onnx_dir, tiny_dataset, make_ctx,
+                                                                   monkeypatch):
+    """`padding: longest` (the default) feeds the models the split's own texts: at batch 1 every call is one
+    text without a padding token, in larger batches every batch is padded only to its longest member."""
+    from passes.evaluate.classifiers import OnnxClassifier
+
+    bound: list[dict] = []
+    real_bind = OnnxClassifier.bind
+    monkeypatch.setattr(OnnxClassifier, "bind", lambda self, enc: (bound.append(enc), real_bind(self, enc))[1])
+    cfg = _config(models=["onnx"], metrics=["latency"], batch_size=batch_size, repeats=12, blocks=2)
+    assert cfg.padding == "longest"
+    ctx = make_ctx("report")
+    meta = Evaluate(cfg).run({"models": [make_artifact("onnx_model", tiny_onnx_dir, META, "onnx")], "data": tiny_dataset}, ctx)
+    timed = [enc for enc in bound if enc["input_ids"].shape[0] == batch_size][-12:]
+    assert len(timed) == 12 and len({enc["input_ids"].tobytes() for enc in timed}) > 1  # different texts per call
+    for enc in timed:
+        mask = enc["attention_mask"]
+        assert mask[:, -1].any()  # the longest row fills the batch: no column is padding only
+        if batch_size == 1:
+            assert mask.all()
+    assert meta["metrics"]["onnx"]["padding"] == "longest"
+    assert 0 < meta["metrics"]["onnx"]["tokens_mean"] <= cfg.sequence_length
+    assert "as deployed" in (ctx.out_dir / "report.md").read_text()
+
+
+def test_fixed_shape_latency_pads_every_call_to_sequence_length(tiny_onnx_dir, tiny_dataset, make_ctx, monkeypatch):
+    from passes.evaluate.classifiers import OnnxClassifier
+
+    bound: list[dict] = []
+    real_bind = OnnxClassifier.bind
+    monkeypatch.setattr(OnnxClassifier, "bind", lambda self, enc: (bound.append(enc), real_bind(self, enc))[1])
+    cfg = _config(models=["onnx"], metrics=["latency"], padding="max_length", sequence_length=24, repeats=6)
+    Evaluate(cfg).run({"models": [make_artifact("onnx_model", tiny_onnx_dir, META, "onnx")], "data": tiny_dataset},
+                      make_ctx("report"))
+    assert bound[-1]["input_ids"].shape == (1, 24) and not bound[-1]["attention_mask"].all()

@@ -180,6 +180,30 @@ def test_inference_script_classifies_without_torch(exported, tiny_bert_classifie
     assert label == rows[0]["label"] and abs(float(score) - rows[0]["score"]) < 1e-4 and text == TEXTS[0]
 
 
+def test_inference_script_batches_by_length_without_padding_waste(exported):
+    """inference.py groups sentences of similar length and pads each model call only to its longest member."""
+    import importlib.util
+
+    folder, _ = exported
+    spec = importlib.util.spec_from_file_location("deployed_inference", folder / "inference.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    texts = ["ok", "a much longer message about the prize draw you won this week", "see you", "hi there friend"]
+    config, tok_config = script._read_json("config.json"), script._read_json("tokenizer_config.json")
+    tokenizer = script.load_tokenizer(config, tok_config)
+    session = script.make_session(1)
+    lengths = [len(tokenizer.encode(t).ids) for t in texts]
+    batches = script.length_sorted_batches(tokenizer, texts, 2)
+    assert sorted(i for b in batches for i in b) == [0, 1, 2, 3]
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(flat)  # shortest first: neighbours in length share a call
+    for batch in batches:
+        feed = script.encode(tokenizer, session, [texts[i] for i in batch])
+        assert feed["input_ids"].shape == (len(batch), max(lengths[i] for i in batch))  # padded to its longest only
+    single = script.encode(tokenizer, session, [texts[0]])
+    assert single["attention_mask"].all()  # one sentence per call: no padding at all
+
+
 def test_new_head_is_reported_and_reproducible(tiny_bert_dir, tmp_path):
     """An encoder exported as a classifier gets a new (seeded) head: the log says so, and two runs agree."""
     ctx = SimpleContext(step="onnx", out_dir=tmp_path / "a", quiet=True)

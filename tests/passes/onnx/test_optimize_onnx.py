@@ -26,14 +26,14 @@ def optimize(artifact, make_ctx, step="opt", target=None, **config):
 
 
 def test_cpu_target_fuses_bert_without_skip_layer_norm(onnx_artifact, make_ctx):
-    ctx, meta = optimize(onnx_artifact, make_ctx)
+    ctx, meta = optimize(onnx_artifact, make_ctx, target=Target(isa="avx2"))
     counts = ops(ctx.out_dir)
     assert meta["model_type"] == "bert" and meta["fused"]["Attention"] == 2 and meta["fused"]["EmbedLayerNormalization"] == 1
     assert counts["Attention"] == 2 and "SkipLayerNormalization" not in counts
     assert meta["nodes_after"] == sum(counts.values()) < meta["nodes_before"]
     assert meta["level"] == "basic" and meta["fp16"] is False
-    assert meta["choices"] == {"model_type": "bert", "skip_layer_norm": False, "fp16": False, "level": "basic",
-                               "reason": "cpu target: SkipLayerNorm unfused (slower on x86 CPUs), float32"}
+    assert meta["choices"] == {"model_type": "bert", "skip_layer_norm": False, "fp16": False, "level": "basic", "isa": "avx2",
+                               "reason": "cpu target: SkipLayerNorm unfused (slower on x86 CPUs; building for avx2), float32"}
     assert meta["execution"]["provider"] == "CPUExecutionProvider"
     assert "2 Attention" in meta["summary"] and f"{meta['nodes_before']} -> {meta['nodes_after']} nodes" in meta["summary"]
     assert meta["max_abs_diff_vs_input"] <= 1e-4 and meta["labels"] == ["ham", "spam"]
@@ -41,6 +41,13 @@ def test_cpu_target_fuses_bert_without_skip_layer_norm(onnx_artifact, make_ctx):
         assert (ctx.out_dir / name).is_file()
     assert not (ctx.out_dir / ".stages").exists()
     np.testing.assert_allclose(run_onnx(ctx.out_dir), run_onnx(onnx_artifact.path), atol=1e-4)
+
+
+def test_arm64_cpu_target_keeps_onnxruntimes_skip_layer_norm_fusion(onnx_artifact, make_ctx):
+    """Built for an arm64 CPU (named in the target: this machine may be x86), SkipLayerNorm is fused."""
+    ctx, meta = optimize(onnx_artifact, make_ctx, step="arm", target=Target(isa="arm64"))
+    assert meta["choices"]["isa"] == "arm64" and meta["choices"]["skip_layer_norm"] is True
+    assert ops(ctx.out_dir)["SkipLayerNormalization"] == 4 and meta["fp16"] is False
 
 
 def test_gpu_target_fuses_skip_layer_norm_and_converts_to_fp16(onnx_artifact, make_ctx):

@@ -63,6 +63,20 @@ def test_dynamic_int8(onnx_artifact, make_ctx, caplog):
     assert json.loads(run.stdout)["label"] in ("ham", "spam")
 
 
+def test_dynamic_int8_follows_the_cpu_it_is_built_for(onnx_artifact, make_ctx):
+    """x86 (SkipLayerNorm slow there) gets Add + LayerNormalization; an arm64 build keeps the fused operator."""
+    from schemas import Target
+
+    metas = {}
+    for name in ("avx512_vnni", "arm64"):
+        ctx = make_ctx(name, target=Target(isa=name))
+        ctx = RecordingContext(step=ctx.step, out_dir=ctx.out_dir, quiet=True, target=ctx.target)
+        metas[name] = Quantize(QuantizeConfig(type="quantize", model=onnx_artifact.step)).run({"model": onnx_artifact}, ctx)
+        assert metas[name]["choices"]["isa"] == name
+        assert ("SkipLayerNormalization" in ops(ctx.out_dir)) is (name == "arm64")
+    assert metas["arm64"]["choices"]["skip_layer_norm"] is True and metas["avx512_vnni"]["choices"]["skip_layer_norm"] is False
+
+
 def test_dynamic_int8_unfused(onnx_artifact, make_ctx):
     import onnx
 
@@ -89,7 +103,7 @@ def test_a_fusion_that_moves_the_outputs_is_dropped(onnx_artifact, make_ctx, mon
 
     real_fuse = mod.fuse_encoder
 
-    def bad_fusion(src, dst_dir, config, log):
+    def bad_fusion(src, dst_dir, config, log, skip_layer_norm=False):
         stats = real_fuse(src, dst_dir, config, log)
         _shift_classifier_bias(dst_dir / "model.onnx", 0.5)
         return stats
