@@ -26,6 +26,7 @@ BUILTIN_PASSES = {
     "quantize": "passes.onnx.quantize",
     "evaluate": "passes.evaluate.steps",
     "select": "passes.evaluate.select",
+    "tune_session": "passes.evaluate.tune",
     "olive": "passes.olive.run",
 }
 

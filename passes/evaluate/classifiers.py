@@ -17,7 +17,7 @@ from schemas.target import ProviderChoice
 from passes.base import Artifact, PassError
 from passes.hf.folders import read_config
 from passes.hf.loading import load_tokenizer
-from passes.ort.sessions import target_session
+from passes.ort.sessions import read_session_settings, target_session
 from passes.hf.folders import refuse_packed_weights
 
 #: The tokenizer outputs an ONNX encoder graph may declare as inputs.
@@ -99,8 +99,10 @@ class OnnxClassifier(Classifier):
 
     def __init__(self, artifact: Artifact, labels: list[str], target: Target, choice: ProviderChoice, threads: int):
         folder = Path(artifact.path)
-        # On the providers `passes.ort.providers.choose` picked for the target, with its provider options.
-        self.session = target_session(folder / "model.onnx", target, choice, threads)
+        # On the providers `passes.ort.providers.choose` picked for the target, with its provider options, and
+        # with the session options `tune_session` chose when the model has them (as its inference.py runs it).
+        self.settings = read_session_settings(folder)
+        self.session = target_session(folder / "model.onnx", target, choice, threads, settings=self.settings)
         self.inputs = {i.name: i.type for i in self.session.get_inputs()}
         unknown = sorted(set(self.inputs) - set(ONNX_TEXT_INPUTS))
         if unknown:

@@ -248,6 +248,8 @@ class Evaluate(Pass[EvaluateConfig]):
             results[name]["load_average"] = round(load, 2)
             results[name].update(parallel)
             results[name]["latency_provider"] = classifiers[name].provider  # what the timed session really ran on
+            if getattr(classifiers[name], "settings", None):
+                results[name]["session_options"] = classifiers[name].settings  # tuned by a tune_session step
             results[name].update(threads=threads, batch_size=cfg.batch_size, sequence_length=cfg.sequence_length,
                                  padding=cfg.padding, tokens_mean=round(tokens or cfg.sequence_length, 2))
         return timings

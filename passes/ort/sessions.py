@@ -36,6 +36,23 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
+#: Session options `tune_session` measured best for a model, next to its model.onnx (inference.py reads it too).
+SESSION_OPTIONS_FILE = "session_options.json"
+#: The settings such a file holds (other keys, such as the measurements, are for people).
+SESSION_SETTINGS = ("intra_op_num_threads", "graph_optimization_level", "allow_spinning", "execution_mode")
+
+
+def read_session_settings(folder: Path) -> dict[str, Any] | None:
+    """The tuned session settings saved beside a model (None when it was not tuned)."""
+    import json
+
+    path = Path(folder) / SESSION_OPTIONS_FILE
+    if not path.is_file():
+        return None
+    doc = json.loads(path.read_text())
+    return {k: doc[k] for k in SESSION_SETTINGS if k in doc}
+
+
 #: `level` names of `make_session`, as onnxruntime's GraphOptimizationLevel members.
 GRAPH_LEVELS = {"none": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
                 "layout": "ORT_ENABLE_LAYOUT", "all": "ORT_ENABLE_ALL"}
@@ -43,21 +60,31 @@ GRAPH_LEVELS = {"none": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extende
 
 def make_session(model_path: Path, providers: list[str], threads: int | None = None, *,
                  provider_options: list[dict[str, str]] | None = None, level: str = "all",
-                 optimized_model_path: Path | None = None, disabled_optimizers: list[str] | None = None) -> Any:
+                 optimized_model_path: Path | None = None, disabled_optimizers: list[str] | None = None,
+                 settings: dict[str, Any] | None = None) -> Any:
     """An onnxruntime session on `providers` (in order) with `threads` intra-op threads (default: the runner's
     budget for this step when several run at once, else the cores).
 
     Graph optimizations run at `level` except those slower than the unfused ops on the CPU provider
-    (`disabled_optimizers` replaces that list). `optimized_model_path` makes onnxruntime write the
+    (`disabled_optimizers` replaces that list). `settings` (SESSION_SETTINGS, from `tune_session`) replace the
+    threads and level and set spinning and the execution mode. `optimized_model_path` makes onnxruntime write the
     optimized graph there (offline optimization). Providers that onnxruntime does not have built in are
     plugin EPs (see passes.ort.providers): the session then takes every provider through its devices.
     """
     import onnxruntime as ort
 
+    settings = settings or {}
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or thread_budget() or cpu_cores()
+    options.intra_op_num_threads = settings.get("intra_op_num_threads") or threads or thread_budget() or cpu_cores()
     options.inter_op_num_threads = 1
-    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_LEVELS[level])
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_LEVELS[settings.get("graph_optimization_level", level)])
+    if settings.get("execution_mode") == "parallel":  # independent branches at once, on a second inter-op thread
+        options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+        options.inter_op_num_threads = 2
+    if "allow_spinning" in settings:
+        spin = "1" if settings["allow_spinning"] else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        options.add_session_config_entry("session.inter_op.allow_spinning", spin)
     options.log_severity_level = 3  # errors only: the passes report what matters themselves
     if optimized_model_path is not None:
         options.optimized_model_filepath = str(optimized_model_path)

@@ -71,11 +71,23 @@ def load_tokenizer(config: dict, tok_config: dict) -> Tokenizer:
     return tokenizer
 
 
-def make_session(threads: int) -> ort.InferenceSession:
-    """An onnxruntime CPU session with `threads` intra-op threads."""
+#: onnxruntime's graph optimization levels by the names session_options.json uses.
+LEVELS = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+          "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+
+
+def make_session(threads: int | None) -> ort.InferenceSession:
+    """An onnxruntime CPU session: the options a `tune_session` step measured best for this model and CPU
+    (session_options.json, when present), else all cores and every graph optimization; `threads` wins."""
+    tuned = _read_json("session_options.json")
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or tuned.get("intra_op_num_threads") or cpu_cores()
+    options.graph_optimization_level = LEVELS[tuned.get("graph_optimization_level", "all")]
+    if tuned.get("execution_mode") == "parallel":
+        options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+        options.inter_op_num_threads = 2
+    if "allow_spinning" in tuned:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if tuned["allow_spinning"] else "0")
     return ort.InferenceSession(
         str(HERE / "model.onnx"), options, providers=["CPUExecutionProvider"], disabled_optimizers=CPU_DISABLED_OPTIMIZERS or None
     )
@@ -137,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sentences", nargs="*", help="Sentences to run (default: one per line from stdin).")
     parser.add_argument("--json", action="store_true", help="Print one JSON object per sentence.")
-    parser.add_argument("--threads", type=int, default=cpu_cores(), help="Intra-op threads (default: the cores).")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="Intra-op threads (default: session_options.json's when the model was tuned, else the cores).")
     parser.add_argument("--batch-size", type=int, default=16,
                         help="Sentences per model call (grouped by length, each call padded to its longest).")
     args = parser.parse_args(argv)
@@ -147,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
     config, tok_config = _read_json("config.json"), _read_json("tokenizer_config.json")
     tokenizer = load_tokenizer(config, tok_config)
-    session = make_session(max(1, args.threads))
+    session = make_session(max(1, args.threads) if args.threads else None)
     output = session.get_outputs()[0].name
     rows: list[dict | None] = [None] * len(texts)
     for batch in length_sorted_batches(tokenizer, texts, max(1, args.batch_size)):

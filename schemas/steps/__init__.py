@@ -6,6 +6,7 @@ from .model import ModelConfig
 from .olive import OliveConfig
 from .select import SelectConfig
 from .onnx import ExportOnnxConfig, OptimizeOnnxConfig, QuantizeConfig, QuantPlan
+from .tune import TuneSessionConfig
 from .train import FinetuneConfig, LoraConfig, MergeAdapterConfig, QloraConfig, TrainingSettings
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "QuantPlan",
     "SelectConfig",
     "TrainingSettings",
+    "TuneSessionConfig",
 ]
