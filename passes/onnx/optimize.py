@@ -47,7 +47,7 @@ class OptimizeOnnx(Pass[OptimizeOnnxConfig]):
     """
 
     config_class = OptimizeOnnxConfig
-    version = 1
+    version = 2  # 2: a classifier's last layer runs its tail on the first token only (fusion.prune_to_first_token)
     packages = ("onnxruntime", "onnx", "transformers", "tokenizers", "numpy")
     #: Not measured: as quantize's (which loads the same model into onnxruntime and writes a copy).
     memory = MemoryUse(factor=6.5, base_mb=400)
@@ -148,6 +148,8 @@ class OptimizeOnnx(Pass[OptimizeOnnxConfig]):
         stats = fusion.fused_counts(fused)
         if not stats:
             ctx.log(f"the transformer optimizer ({model_type}) fused nothing in this graph")
+        elif stats.get("Attention") and model_type == "bert":
+            stats.update(fusion.first_token_tail(fused, ctx.log))
         return fusion.save_fused(fused, out), stats
 
     def _graph_optimize(self, src: Path, skip_layer_norm: bool, out: Path, ctx: StepContext) -> tuple[Path, dict]:

@@ -64,7 +64,7 @@ class Quantize(Pass[QuantizeConfig]):
     """
 
     config_class = QuantizeConfig
-    version = 1
+    version = 2  # 2: dynamic_int8's fused classifier runs its last layer's tail on the first token only
     packages = ("onnxruntime", "onnx", "transformers", "tokenizers", "datasets", "numpy", "torch")  # torch: HQQ
     #: Measured (benchmarks/jobs_sweep.py, MiniLM's 91 MB export, 1 thread): peaks of 1001 MB (dynamic_int8), 963
     #: (static_int8, with 128 calibration rows), 740 (fp16), 738 (int4): onnx and onnxruntime (about 400 MB),

@@ -30,6 +30,7 @@ def test_cpu_target_fuses_bert_without_skip_layer_norm(onnx_artifact, make_ctx):
     counts = ops(ctx.out_dir)
     assert meta["model_type"] == "bert" and meta["fused"]["Attention"] == 2 and meta["fused"]["EmbedLayerNormalization"] == 1
     assert counts["Attention"] == 2 and "SkipLayerNormalization" not in counts
+    assert meta["fused"]["FirstTokenTail"] == 1  # the classifier's last layer tail runs on token 0 only
     assert meta["nodes_after"] == sum(counts.values()) < meta["nodes_before"]
     assert meta["level"] == "basic" and meta["fp16"] is False
     assert meta["choices"] == {"model_type": "bert", "skip_layer_norm": False, "fp16": False, "level": "basic", "isa": "avx2",

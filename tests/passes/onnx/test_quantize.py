@@ -44,6 +44,9 @@ def test_dynamic_int8(onnx_artifact, make_ctx, caplog):
     assert counts["MatMulInteger"] >= 6 and counts["DynamicQuantizeLinear"] > 0 and "SkipLayerNormalization" not in counts
     assert meta["quant_ops"]["MatMulInteger"] == counts["MatMulInteger"] and meta["quant_ops"]["QAttention"] == 2
     assert meta["fused"]["Attention"] == 2 and meta["fused"]["EmbedLayerNormalization"] == 1
+    # The head reads token 0: the last layer's tail (output projection, feed-forward) runs on it alone.
+    assert meta["fused"]["FirstTokenTail"] == 1 and counts["Slice"] == 2
+    assert any("first token only" in line for line in ctx.lines)
     assert meta["method"] == "dynamic_int8" and meta["labels"] == ["ham", "spam"] and meta["task"] == "text-classification"
     assert meta["inputs"] == onnx_artifact.meta["inputs"] and meta["outputs"] == ["logits"]
     # The tiny model's graph outweighs its weights: the real MiniLM goes to 25% (slow test).
