@@ -23,7 +23,7 @@ from typing import Any
 from schemas.steps.tune import TuneSessionConfig
 
 from passes.base import Artifact, MemoryUse, Pass, PassError
-from passes.evaluate import latency
+from passes.evaluate import latency, machine
 from passes.ort import files, providers
 from passes.ort.isa import cpu_info, resolve
 from passes.ort.sessions import SESSION_OPTIONS_FILE, cpu_cores, encode, session_inputs, target_session
@@ -100,9 +100,17 @@ class TuneSession(Pass[TuneSessionConfig]):
             feeds = [encode(tokenizer, session_inputs(session), b, padding="longest", max_length=cfg.max_length)
                      for b in batches]
             runners[label(settings)] = latency.cycling([_call(session, f) for f in feeds])
+        # What is fastest depends on what else the machine does: wait for the cores as evaluate does, and say so
+        # when other work ran meanwhile (a busy machine favours fewer threads and no spinning).
+        state = machine.settle(cores, ctx.target.device, ctx.log)
+        load_before = latency.load_average()
         with ctx.progress(cfg.repeats * len(runners), "tuning") as bar:
             timings = latency.time_interleaved(runners, warmup=cfg.warmup, repeats=cfg.repeats, blocks=cfg.blocks, seed=0,
                                                progress=bar)
+        load = max(load_before, latency.load_average())
+        if load > cores:
+            ctx.log(f"the machine was busy while tuning (load average {load:.1f} for {cores} threads): the choice fits a "
+                    "loaded machine; tune again when it is quiet (`--force`) for a deployment that has the CPU to itself")
         table = []
         for settings, (name, samples) in zip(tried, timings.samples_ms.items()):
             summary = latency.summarize(samples, cfg.batch_size)
@@ -117,7 +125,8 @@ class TuneSession(Pass[TuneSessionConfig]):
         info = cpu_info()
         _copy_model(source.path, ctx.out_dir)
         doc = {**chosen, "objective": cfg.objective, "batch_size": cfg.batch_size, "gain_vs_default": round(gain, 4),
-               "cpu": info.model, "isa": resolve(ctx.target.isa), "candidates": table}
+               "cpu": info.model, "isa": resolve(ctx.target.isa), "load_average": round(load, 2), **state,
+               "candidates": table}
         (ctx.out_dir / SESSION_OPTIONS_FILE).write_text(json.dumps(doc, indent=2) + "\n")
         metric = (f"p50 {best['latency_p50_ms']:.2f} ms vs {default['latency_p50_ms']:.2f} ms with the defaults"
                   if cfg.objective == "latency_p50" else
@@ -127,7 +136,7 @@ class TuneSession(Pass[TuneSessionConfig]):
             "task": source.meta.get("task"), "labels": source.meta.get("labels"), "inputs": source.meta.get("inputs"),
             "outputs": source.meta.get("outputs"), "opset": source.meta.get("opset"), "family": source.meta.get("family"),
             "session_options": chosen, "tuning": table, "default_p50_ms": default["latency_p50_ms"], "gain": round(gain, 4),
-            "isa": doc["isa"], "cpu": info.model,
+            "isa": doc["isa"], "cpu": info.model, "load_average": round(load, 2), **state,
             "summary": f"{best['label']} of {len(table)} settings: {metric} ({gain:.2f}x)",
             "metrics": {"latency_p50_ms": best["latency_p50_ms"], "throughput_sps": best["throughput_sps"], "gain": round(gain, 4)},
         }
