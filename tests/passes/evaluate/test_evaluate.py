@@ -11,6 +11,7 @@ import pytest
 from passes import PassError
 from passes.evaluate import latency as _latency
 from passes.evaluate.steps import Evaluate
+from passes.ort.isa import ISAS
 from schemas import Target
 from schemas.steps import EvaluateConfig
 from tests.builders import make_artifact
@@ -271,7 +272,9 @@ def test_latency_times_the_split_as_deployed_without_padding_waste(batch_size, t
             assert mask.all()
     assert meta["metrics"]["onnx"]["padding"] == "longest"
     assert 0 < meta["metrics"]["onnx"]["tokens_mean"] <= cfg.sequence_length
-    assert "as deployed" in (ctx.out_dir / "report.md").read_text()
+    report_md = (ctx.out_dir / "report.md").read_text()
+    env = json.loads((ctx.out_dir / "metrics.json").read_text())["environment"]
+    assert "as deployed" in report_md and f"({env['isa']})" in report_md and env["isa"] in ISAS  # the CPU's class
 
 
 def test_fixed_shape_latency_pads_every_call_to_sequence_length(tiny_onnx_dir, tiny_dataset, make_ctx, monkeypatch):
