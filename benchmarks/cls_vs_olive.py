@@ -19,7 +19,7 @@ on the recipe's SMS test split, each scenario `--runs` times:
 
 Accuracy comes from one `evaluate` step over merged, ours and Olive's models (same texts for all). It prints
 the ratios the issue asks for (p50 ours / Olive tuned at batch 1, throughput ours / Olive at batch 32), the
-sizes, and the machine state (CPU, instruction set, idle share of the CPUs while timing, load average).
+sizes, and the machine state (CPU, instruction set, idle share of the CPUs just before timing, load average).
 Olive comes with the README's set-up (the `olive` extra) and runs with OLIVE_DISABLE_TELEMETRY=1.
 """
 
@@ -80,6 +80,15 @@ def build_olive(merged: Path, out: Path, name: str, passes: dict) -> Path:
         if f.suffix in (".json", ".txt") and not (folder / f.name).exists():
             shutil.copy2(f, folder / f.name)
     return folder
+
+
+def idle_before(seconds: float = 2.0) -> float:
+    """The share of CPU time idle over `seconds` just before timing (the timing itself keeps every core busy)."""
+    import time
+
+    before = proc_stat()
+    time.sleep(seconds)
+    return cpu_idle_share(before, proc_stat())
 
 
 def cpu_idle_share(before: list[int], after: list[int]) -> float:
@@ -152,8 +161,8 @@ def time_once(ours: Path, olive_dirs: dict[str, Path], data, repeats: int, seed:
     sessions = {"ours": make_cpu_session(ours / "model.onnx", threads)}
     for name, folder in olive_dirs.items():
         sessions[name] = _olive_session(folder / "model.onnx", threads)
-    out: dict = {}
-    stat_before, load_before = proc_stat(), latency.load_average()
+    out: dict = {"idle": idle_before()}
+    load_before = latency.load_average()
     for batch_size in (1, 32):
         count = max(1, min(200, repeats)) if batch_size == 1 else max(1, min(len(texts) // 32, repeats))
         real = latency.deployment_batches(texts, batch_size, count, lambda t: len(tokenizer.encode(t).ids))
@@ -166,7 +175,6 @@ def time_once(ours: Path, olive_dirs: dict[str, Path], data, repeats: int, seed:
         timings = latency.time_interleaved(runners, warmup=10, repeats=repeats if batch_size == 1 else max(30, repeats // 5),
                                            blocks=10, seed=seed)
         out[batch_size] = {name: latency.summarize(s, batch_size) for name, s in timings.samples_ms.items()}
-    out["idle"] = cpu_idle_share(stat_before, proc_stat())
     out["load"] = max(load_before, latency.load_average())
     return out
 
@@ -210,7 +218,7 @@ def _olive_session(path: Path, threads: int):
 def report(results: list[dict], quality: dict, ours_step: str) -> None:
     """Each run's p50s and throughputs, the ratios the issue asks for, accuracy and sizes."""
     for i, r in enumerate(results, 1):
-        print(f"\nrun {i}: CPUs idle {r['idle']:.0%} while timing, load average {r['load']:.2f}")
+        print(f"\nrun {i}: CPUs idle {r['idle']:.0%} in the 2 s before timing, load average {r['load']:.2f} (1 min)")
         for batch_size in (1, 32):
             print(f"  batch {batch_size:>2}: " + "; ".join(
                 f"{name} p50 {s['latency_p50_ms']:.2f} ms, {s['throughput_sps']:.0f}/s" for name, s in r[batch_size].items()))
