@@ -86,9 +86,10 @@ _VNNI_INT4_OPTIONS: dict[str, Any] = {"int4_block_size": 64, "int4_is_symmetric"
 #:   asym block 64 + int8 "sensitive" + "qkv" (the VNNI choice)   12.27  86 tok/s  222 MB  (8-bit layers slow here)
 #:   asym block 64, int4 embedding                                 15.57 116 tok/s   95 MB
 #:   asym block 32, int4 embedding                                 13.94 113 tok/s  107 MB
-#:   sym block 32, int4 embedding                                  SYM32 132 tok/s  104 MB  <- avx2 default
+#:   sym block 32, int4 embedding                                  13.91 132 tok/s  104 MB  <- avx2 default
+#:   sym block 64, int4 embedding                                  16.02           94 MB
 #:   sym block 32, int4 embedding, no thread setting                      97 tok/s
-#:   accuracy level 1 (fp32 compute) instead of 4 (int8 compute)          39 tok/s
+#:   asym block 64 at accuracy level 1 (fp32 compute): 39 tok/s against 114 at level 4 (int8), same busy run
 #: On AVX2 (no VNNI) symmetric blocks skip the zero-point work in MLAS's int8 kernel: the fastest int4; without an
 #: exact int8 dot product the 8-bit layers cost 25% of the speed. Accuracy level 4 everywhere (int8 activations:
 #: fp32 compute is 3x slower). Perplexity within 8% of fp32 needs calibrated weights (the GPTQ recipe).
