@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from passes.ort.files import import_nbits_quantizer, quiet_quantizer
+from passes.ort.genai_tied import save_in_place, share_tied_embedding
 from passes.ort.isa import detect_isa
 from passes.base import PassError
 from passes.hf.folders import read_config
@@ -216,12 +217,15 @@ def build_genai(model_dir: Path, out_dir: Path, precision: str, execution_provid
         raise PassError(f"the genai builder ended without writing genai_config.json and model.onnx into {out_dir}")
     if int8_nodes:
         _quantize_int8(out_dir, int8_nodes, [n for n in requested if n not in INT8_ALIASES], builder_options, log)
+    # a tied embedding reads the 8-bit lm_head's table instead of its own int4 copy (genai_tied says why)
+    tied = share_tied_embedding(out_dir, log) if tuned and precision == "int4" else None
     set_threads(out_dir, threads)
     for name in UNUSED_FILES if tuned else ():  # builder_defaults keeps the builder's folder as it is
         (out_dir / name).unlink(missing_ok=True)
     files = {p.name: p.stat().st_size for p in sorted(out_dir.iterdir()) if p.is_file()}
     return {"builder": f"onnxruntime-genai {_version()}", "precision": precision, "execution_provider": execution_provider,
-            "options": options, "int4_defaults_for_isa": defaults_for, "intra_op_num_threads": threads, "files": files,
+            "options": options, "int4_defaults_for_isa": defaults_for, "tied_embedding": tied,
+            "intra_op_num_threads": threads, "files": files,
             "model_bytes": sum(s for n, s in files.items() if n.startswith("model.onnx"))}
 
 
@@ -265,11 +269,7 @@ def _quantize_int8(genai_dir: Path, nodes: list[str], explicit: list[str], optio
                                      nodes_to_exclude=sorted(names - set(nodes)), op_types_to_quantize=("MatMul",))
     with quiet_quantizer():  # two INFO lines per node (1,300 for SmolLM2) otherwise
         quantizer.process()
-    with tempfile.TemporaryDirectory(dir=genai_dir) as tmp:
-        onnx.save_model(quantizer.model.model, str(Path(tmp) / "model.onnx"), save_as_external_data=True,
-                        all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=1024)
-        for item in Path(tmp).iterdir():
-            os.replace(item, genai_dir / item.name)
+    save_in_place(quantizer.model.model, genai_dir)
     log(f"quantized {len(nodes)} node(s) to 8 bits: {', '.join(nodes[:3])}{' ...' if len(nodes) > 3 else ''}")
 
 

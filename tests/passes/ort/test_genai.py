@@ -242,7 +242,9 @@ def test_vnni_int4_defaults_keep_int8_sensitive_nodes_and_int4_embedding(tiny_ll
     assert bits["/model/layers.0/mlp/up_proj/MatMul_Q4"] == 4
     assert all(bits[f"/model/layers.{i}/attn/qkv_proj/MatMul_Q8"] == 8 for i in (0, 1))  # "qkv": every layer
     assert all(v["block_size"] == 64 and v["inputs"] == 4 for v in nodes.values())  # asymmetric: zero points
+    # its own int4 table: this random model does not tie embedding and lm_head (test_genai_tied: a tied one)
     assert [v.get("bits", 4) for v in nodes.values() if v["op"] == "GatherBlockQuantized"] == [4]
+    assert facts["tied_embedding"] is None
     with pytest.raises(PassError, match="not float MatMul nodes"):
         G.build_genai(tiny_llama, tmp_path / "bad", "int4", "cpu", {"int8_nodes": ["/nope/MatMul"]}, None,
                       lambda line: None)
