@@ -80,7 +80,8 @@ _VNNI_INT4_OPTIONS: dict[str, Any] = {"int4_block_size": 64, "int4_is_symmetric"
                                       "int8_nodes": ["sensitive", "qkv"], "prune_lm_head": True}
 #: Per ISA (`passes.ort.isa`), the int4 options `build_genai` uses for int4 on cpu when the caller gives no
 #: `int4_*` option. Every ISA also quantizes the embedding (Gather -> GatherBlockQuantized, int4): SmolLM2 ties
-#: it to lm_head, and the float copy alone was 113 of the folder's 222 MB.
+#: it to lm_head, and the float copy alone was 113 of the folder's 222 MB. Where lm_head ends up in 8 bits (VNNI's
+#: int8_nodes, a GPTQ lm_head) a tied embedding then reads lm_head's table instead (genai_tied).
 #: avx2 measured on an AMD EPYC (Zen 3, AVX2, no VNNI), 2 cores, the chat recipe's merged model, test split, one
 #: evaluate process, 9 interleaved runs (merged fp32 perplexity 10.91; Olive's ModelBuilder int4: 13.96, 99 tok/s,
 #: 200 MB, one thread since it writes no thread setting):
