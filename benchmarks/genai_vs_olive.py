@@ -1,15 +1,19 @@
-"""Our onnxruntime-genai int4 export of the chat recipe's model vs Olive 0.13's, in one evaluate step.
+"""Our onnxruntime-genai int4 exports of the chat recipe's model vs Olive 0.13's, side by side.
 
-    python benchmarks/genai_vs_olive.py [--cache-dir DIR] [--runs N]
+    python benchmarks/genai_vs_olive.py [--cache-dir DIR] [--runs N] [--repeat N] [--no-gptq]
 
-Runs the chat recipe (cached after the first time), exports its merged model a second time with Olive
-(`olive capture-onnx-graph --use_model_builder --precision int4`, Olive's ModelBuilder pass), then
-evaluates merged (PyTorch fp32), our int4, the recipe's builder-defaults int4 and Olive's int4 on the
-test split in one `evaluate` step (perplexity, interleaved decode speed, size) and prints the ratios.
+Runs the chat recipe and the calibrated chain (pipelines/recipes/chat-smollm2-gptq.yaml: Olive mixed
+precision + GPTQ -> our export; GPTQ takes minutes the first time, both are cached afterwards), exports
+the merged model a second time with Olive's own CLI (`olive capture-onnx-graph --use_model_builder
+--precision int4`, its ModelBuilder pass, as a user would run it), then in one process:
+- one `evaluate` step with perplexity and size of merged (PyTorch fp32, the baseline), ours (the recipe's
+  `int4`), the chain's `int4_gptq` and Olive's;
+- `--repeat` evaluate steps timing the three int4 folders' greedy decode, interleaved within each step;
+and prints each model's tokens/s ratio to Olive's, its perplexity against fp32 (%), its size, with the
+machine state before each repeat (CPU model, instruction set, idle % of the CPUs over 5 s, load).
 
-Olive comes with the README's set-up (the `olive` extra: olive-ai 0.13). Olive runs with
-OLIVE_DISABLE_TELEMETRY=1. The calibrated chain (Olive mixed precision + GPTQ -> our export) is the recipe
-pipelines/recipes/chat-smollm2-gptq.yaml, which compares it with both exports in one evaluate step.
+Olive comes with the README's set-up (the `olive` extra: olive-ai 0.13) and runs with
+OLIVE_DISABLE_TELEMETRY=1.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import dataclasses
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,7 +31,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-RECIPE = ROOT / "pipelines" / "recipes" / "chat-smollm2-int4.yaml"
+RECIPES = ROOT / "pipelines" / "recipes"
+OLIVE = "olive_builder_int4"
 
 
 def artifact(cache: Path, run: dict, step: str):
@@ -36,49 +42,80 @@ def artifact(cache: Path, run: dict, step: str):
     return dataclasses.replace(Cache(cache).lookup(run["steps"][step]["key"]), step=step)
 
 
+def run_recipe(name: str, cache: Path, out: Path, env: dict) -> dict:
+    """Run a recipe (cached steps are reused) and return its run.json."""
+    subprocess.run([sys.executable, "-m", "runner.cli", "run", str(RECIPES / f"{name}.yaml"), "--cache-dir", str(cache),
+                    "--output", str(out), "--quiet"], check=True, cwd=ROOT, env=env)
+    return json.loads((out / "run.json").read_text())
+
+
+def evaluate(models: list, data, metrics: list[str], runs: int, report: Path) -> dict:
+    """One evaluate step over `models` (speed interleaved within it); its metrics per model."""
+    from passes.base import SimpleContext
+    from passes.evaluate.steps import Evaluate
+    from schemas.steps import EvaluateConfig
+
+    cfg = EvaluateConfig(type="evaluate", models=[m.step for m in models], data="qa", split="test", metrics=metrics,
+                         max_new_tokens=64, generation_runs=runs)
+    shutil.rmtree(report, ignore_errors=True)
+    report.mkdir(parents=True)
+    return Evaluate(cfg).run({"models": models, "data": data}, SimpleContext("compare", report, quiet=True))["metrics"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "genai-vs-olive")
-    parser.add_argument("--runs", type=int, default=7, help="timed generations per model")
+    parser.add_argument("--runs", type=int, default=7, help="timed generations per model in each repeat")
+    parser.add_argument("--repeat", type=int, default=3, help="evaluate steps timing decode (each interleaved)")
+    parser.add_argument("--no-gptq", action="store_true", help="leave out the calibrated chain (GPTQ)")
     args = parser.parse_args()
     if shutil.which("olive") is None:
         print("olive is not installed: pip install -c constraints.txt -e '.[olive]' (the README's set-up has it)", file=sys.stderr)
         return 2
+    import psutil
+
+    from passes.base import Artifact
+    from passes.ort.isa import cpu_info
+
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OLIVE_DISABLE_TELEMETRY": "1"}
     cache, out = args.cache_dir / "cache", args.cache_dir / "out"
-    subprocess.run([sys.executable, "-m", "runner.cli", "run", str(RECIPE), "--cache-dir", str(cache),
-                    "--output", str(out), "--quiet"], check=True, cwd=ROOT, env=env)
-    run = json.loads((out / "run.json").read_text())
-    merged, ours, defaults = (artifact(cache, run, s) for s in ("merged", "int4", "int4_builder_defaults"))
-    olive_dir = args.cache_dir / "olive"
+    run = run_recipe("chat-smollm2-int4", cache, out, env)
+    merged, ours, data = (artifact(cache, run, s) for s in ("merged", "int4", "qa"))
+    models = [ours]
+    if not args.no_gptq:
+        models.append(artifact(cache, run_recipe("chat-smollm2-gptq", cache, args.cache_dir / "out-gptq", env), "int4_gptq"))
+    olive_dir = args.cache_dir / "olive" / merged.digest[:12]  # rebuilt when the merged model changes
     if not (olive_dir / "genai_config.json").is_file():
         shutil.rmtree(olive_dir, ignore_errors=True)
         subprocess.run(["olive", "capture-onnx-graph", "-m", str(merged.path), "--use_model_builder", "--precision",
                         "int4", "-o", str(olive_dir)], check=True, env=env, capture_output=True,
                        cwd=args.cache_dir)  # Olive writes its own .olive-cache in the working folder
-    from passes.base import Artifact, SimpleContext
-    from passes.evaluate.steps import Evaluate
-    from schemas.steps import EvaluateConfig
+    models.append(Artifact(kind="onnx_model", path=olive_dir, meta={"task": "causal-lm", "format": "genai"},
+                           digest="olive", step=OLIVE))
 
-    olive = Artifact(kind="onnx_model", path=olive_dir, meta={"task": "causal-lm", "format": "genai"}, digest="olive",
-                     step="olive_int4")
-    data = artifact(cache, run, "qa")
-    models = [merged, ours, defaults, olive]
-    cfg = EvaluateConfig(type="evaluate", models=[m.step for m in models], data="qa", split="test",
-                         metrics=["perplexity", "tokens_per_second", "time_to_first_token", "size"],
-                         max_new_tokens=64, generation_runs=args.runs)
-    report = args.cache_dir / "report"
-    shutil.rmtree(report, ignore_errors=True)
-    report.mkdir(parents=True)
-    result = Evaluate(cfg).run({"models": models, "data": data}, SimpleContext("compare", report, quiet=True))
-    m = result["metrics"]
-    print(f"{'model':24} {'perplexity':>10} {'tokens/s':>9} {'TTFT ms':>8} {'MB':>6}")
-    for name, r in m.items():
-        print(f"{name:24} {r['perplexity']:10.2f} {r['tokens_per_second']:9.1f} {r['time_to_first_token_ms']:8.0f} "
-              f"{r['size_mb']:6.0f}")
-    ratio = m["int4"]["tokens_per_second"] / m["olive_int4"]["tokens_per_second"]
-    print(f"ours / Olive decode tokens/s: {ratio:.2f}x; perplexity {m['int4']['perplexity']:.2f} vs "
-          f"{m['olive_int4']['perplexity']:.2f} (merged fp32 {m['merged']['perplexity']:.2f}); report in {report}")
+    cpu = cpu_info()
+    print(f"CPU: {cpu.model} ({cpu.arch}, {psutil.cpu_count()} logical CPUs), instruction set {cpu.isa}")
+    quality = evaluate([merged, *models], data, ["perplexity", "size"], 1, args.cache_dir / "report-quality")
+    speeds: dict[str, list[float]] = {m.step: [] for m in models}
+    for i in range(args.repeat):
+        # the machine just before (as `vmstat 1 5` would show it): other work there slows every model
+        idle, load = psutil.cpu_times_percent(interval=5).idle, os.getloadavg()[0]
+        m = evaluate(models, data, ["tokens_per_second", "time_to_first_token"], args.runs,
+                     args.cache_dir / f"report-speed-{i + 1}")
+        for name, r in m.items():
+            speeds[name].append(r["tokens_per_second"])
+        print(f"repeat {i + 1}: " + ", ".join(f"{n} {r['tokens_per_second']:.1f} tok/s" for n, r in m.items())
+              + f"; ours/Olive {m[ours.step]['tokens_per_second'] / m[OLIVE]['tokens_per_second']:.2f}x; "
+              f"before it: CPUs {idle:.0f}% idle over 5 s, load average {load:.2f}")
+    fp32 = quality["merged"]["perplexity"]
+    print(f"\n{'model':20} {'tokens/s':>9} {'vs Olive':>9} {'perplexity':>11} {'vs fp32':>8} {'MB':>6}")
+    print(f"{'merged (fp32)':20} {'':>9} {'':>9} {fp32:11.2f} {'':>8} {quality['merged']['size_mb']:6.0f}")
+    olive_rate = statistics.median(speeds[OLIVE])
+    for model in models:
+        rate, q = statistics.median(speeds[model.step]), quality[model.step]
+        print(f"{model.step:20} {rate:9.1f} {rate / olive_rate:8.2f}x {q['perplexity']:11.2f} "
+              f"{100 * (q['perplexity'] / fp32 - 1):+7.1f}% {q['size_mb']:6.0f}")
+    print(f"(tokens/s: median of {args.repeat} repeats of {args.runs} interleaved runs; reports in {args.cache_dir})")
     return 0
 
 

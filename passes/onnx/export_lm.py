@@ -22,6 +22,7 @@ from schemas.workflow import Target
 from passes.hf.folders import packed_quantization, refuse_packed_weights
 from passes.hf.loading import load_tokenizer
 from passes.ort import files
+from passes.ort.isa import resolve as resolve_isa
 from passes.ort.sessions import cpu_cores
 from passes.base import Artifact, PassError, StepContext
 
@@ -65,8 +66,11 @@ def export_genai(source: Artifact, adapters: list[Artifact], cfg: ExportOnnxConf
             threads=threads, log=ctx.log,
         )
     else:
+        isa = resolve_isa(ctx.target.isa) if provider == "cpu" else None
         facts = genai_build.build_genai(Path(source.path), ctx.out_dir, precision, provider, dict(cfg.genai_options),
-                                   threads, ctx.log)
+                                        threads, ctx.log, isa=isa)
+        if facts.get("int4_defaults_for_isa"):
+            ctx.log(f"int4 options for {isa}: {facts['options']} (genai_build.DEFAULT_INT4_OPTIONS says why)")
     shutil.copy(Path(__file__).parent.parent / "templates" / CHAT_SCRIPT, ctx.out_dir / files.INFERENCE_SCRIPT)
     check = genai_run.smoke_test(ctx.out_dir, CHECK_PROMPTS[0], adapter=adapters[0].step if adapters else None)
     ctx.log(f"check: onnxruntime-genai loads the folder and answers {CHECK_PROMPTS[0]!r} with {check!r}")
@@ -82,6 +86,9 @@ def export_genai(source: Artifact, adapters: list[Artifact], cfg: ExportOnnxConf
         "model_type": source.meta.get("model_type"),
         "adapters": names,
         "builder": facts,
+        # the per-ISA choice this export made (None: the step's own options, or not an int4 cpu build)
+        "choices": ({"isa": facts["int4_defaults_for_isa"], "int4_options": facts["options"]}
+                    if facts.get("int4_defaults_for_isa") else None),
         "prequantized": packed,
         "size_mb": files.mb(size),
         "check_answer": check,

@@ -27,8 +27,8 @@ template + short system prompt; greedy 64 tokens, medians of 9 interleaved round
 | asym + every MatMul int8                                      | 147      | 14.63 | 271 |
 | fp32                                                          | 52       | 14.52 | 540 |
 
-DEFAULT_INT4_OPTIONS (block 64, asym, int8 "sensitive" + "qkv", prune) was chosen later on the recipe's
-tuned model against Olive's own export in one evaluate step: see its comment.
+DEFAULT_INT4_OPTIONS (per CPU instruction set) was chosen later on the recipe's tuned model against Olive's own
+export in one evaluate step: see its comment.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from passes.ort.files import import_nbits_quantizer, quiet_quantizer
+from passes.ort.genai_tied import save_in_place, share_tied_embedding
+from passes.ort.isa import detect_isa
 from passes.base import PassError
 from passes.hf.folders import read_config
 
@@ -71,19 +73,46 @@ OWN_OPTIONS = ("int8_nodes",)
 #: Builder options this module sets itself (a folder genai generates text from, offline, no remote code).
 MANAGED_OPTIONS = ("adapter_path", "filename", "config_only", "exclude_embeds", "exclude_lm_head", "hf_token",
                    "hf_remote")
-#: The int4 cpu options with the best tokens/s within 15% of fp32 perplexity on SmolLM2-135M (table above:
-#: 1.33x Olive's decode rate, +6% perplexity vs Olive's +34%); `build_genai` uses them for int4 on cpu when
-#: the caller gives no `int4_*` option.
-#: Re-measured on the chat recipe's tuned model (test split, one evaluate step with Olive 0.13's export, 12
-#: interleaved runs; merged fp32 perplexity 10.91): block 32 + "sensitive" 12.19 at 1.16-1.22x Olive's
-#: tokens/s; block 64 + "sensitive" 12.65 (+16%, over the 15% bound) at 1.34-1.45x; block 64 + "sensitive"
-#: + every layer's QKV in 8 bits 12.24 (+12%) at 1.45x, 222 MB: the default. Bigger blocks read fewer scales
-#: per token; the attention inputs are what 64-value blocks hurt most.
-DEFAULT_INT4_OPTIONS: dict[str, Any] = {"int4_block_size": 64, "int4_is_symmetric": False, "int4_accuracy_level": 4,
-                                         "int8_nodes": ["sensitive", "qkv"], "prune_lm_head": True}
-#: With LoRA adapters: the first default (block 32, "sensitive" only), the one the adapter tests validate
-#: (an int4 adapter's effect tracks PEFT's within 1.5x of the int4 base's own error).
-ADAPTER_INT4_OPTIONS: dict[str, Any] = {**DEFAULT_INT4_OPTIONS, "int4_block_size": 32, "int8_nodes": ["sensitive"]}
+#: The first tuned int4 cpu options (Zen 4 with VNNI, SmolLM2-135M, table above; then the recipe's tuned model
+#: against Olive 0.13's export in one evaluate step: block 64 + "sensitive" + every layer's QKV in 8 bits, +12%
+#: perplexity at 1.45x Olive's tokens/s, 222 MB). VNNI's exact int8 dot product makes the 8-bit layers cheap.
+_VNNI_INT4_OPTIONS: dict[str, Any] = {"int4_block_size": 64, "int4_is_symmetric": False, "int4_accuracy_level": 4,
+                                      "int8_nodes": ["sensitive", "qkv"], "prune_lm_head": True}
+#: Per ISA (`passes.ort.isa`), the int4 options `build_genai` uses for int4 on cpu when the caller gives no
+#: `int4_*` option. Every ISA also quantizes the embedding (Gather -> GatherBlockQuantized, int4): SmolLM2 ties
+#: it to lm_head, and the float copy alone was 113 of the folder's 222 MB. Where lm_head ends up in 8 bits (VNNI's
+#: int8_nodes, a GPTQ lm_head) a tied embedding then reads lm_head's table instead (genai_tied).
+#: avx2 measured on an AMD EPYC (Zen 3, AVX2, no VNNI), 2 cores, the chat recipe's merged model, test split, one
+#: evaluate process, 9 interleaved runs (merged fp32 perplexity 10.91; Olive's ModelBuilder int4: 13.96, 99 tok/s,
+#: 200 MB, one thread since it writes no thread setting):
+#:   asym block 64 + int8 "sensitive" + "qkv" (the VNNI choice)   12.27  86 tok/s  222 MB  (8-bit layers slow here)
+#:   asym block 64, int4 embedding                                 15.57 116 tok/s   95 MB
+#:   asym block 32, int4 embedding                                 13.94 113 tok/s  107 MB
+#:   sym block 32, int4 embedding                                  13.91 132 tok/s  104 MB  <- avx2 default
+#:   sym block 64, int4 embedding                                  16.02           94 MB
+#:   sym block 32, int4 embedding, no thread setting                      97 tok/s
+#:   asym block 64 at accuracy level 1 (fp32 compute): 39 tok/s against 114 at level 4 (int8), same busy run
+#: On AVX2 (no VNNI) symmetric blocks skip the zero-point work in MLAS's int8 kernel: the fastest int4; without an
+#: exact int8 dot product the 8-bit layers cost 25% of the speed. Accuracy level 4 everywhere (int8 activations:
+#: fp32 compute is 3x slower). Perplexity within 8% of fp32 needs calibrated weights (the GPTQ recipe).
+DEFAULT_INT4_OPTIONS: dict[str, dict[str, Any]] = {
+    "avx2": {"int4_block_size": 32, "int4_is_symmetric": True, "int4_accuracy_level": 4,
+             "int4_op_types_to_quantize": ["MatMul", "Gather"], "prune_lm_head": True},
+    "avx512_vnni": {**_VNNI_INT4_OPTIONS, "int4_op_types_to_quantize": ["MatMul", "Gather"]},
+}
+for _isa, _like in (("avx512", "avx2"), ("x86", "avx2"), ("generic", "avx2"), ("avx2_vnni", "avx512_vnni"),
+                    ("arm64", "avx512_vnni")):  # same int8 path (passes.ort.isa): same choice, not measured apart
+    DEFAULT_INT4_OPTIONS[_isa] = DEFAULT_INT4_OPTIONS[_like]
+#: With LoRA adapters: the first default (block 32, "sensitive" only, float embedding), the one the adapter tests
+#: validate (an int4 adapter's effect tracks PEFT's within 1.5x of the int4 base's own error).
+ADAPTER_INT4_OPTIONS: dict[str, Any] = {**_VNNI_INT4_OPTIONS, "int4_block_size": 32, "int8_nodes": ["sensitive"]}
+#: The files onnxruntime-genai 0.14.1 reads from a folder: its config, the graph and its weights, the tokenizer
+#: (tokenizer.json, tokenizer_config.json) and the chat template (chat_template.jinja: without it genai's
+#: `apply_chat_template` fails with "Empty chat template"). Adapters add *.onnx_adapter + adapters.json.
+RUNTIME_FILES = ("genai_config.json", "model.onnx", "model.onnx.data", "tokenizer.json", "tokenizer_config.json",
+                 "chat_template.jinja")
+#: What the builder also writes and nothing reads: the same tokens are in tokenizer_config.json.
+UNUSED_FILES = ("special_tokens_map.json",)
 #: Names `int8_nodes` expands: "sensitive" (lm_head, and the QKV and down projections of a third of the layers,
 #: llama.cpp's k_quant_mixed choice) and "qkv" (every layer's attention input projections).
 INT8_ALIASES = ("sensitive", "qkv")
@@ -144,18 +173,24 @@ def check_precision(precision: str, execution_provider: str) -> None:
 
 def build_genai(model_dir: Path, out_dir: Path, precision: str, execution_provider: str, options: dict[str, Any],
                 threads: int | None, log: Callable[[str], None], *, adapter_path: Path | None = None,
-                tuned: bool = True) -> dict[str, Any]:
+                tuned: bool = True, isa: str | None = None) -> dict[str, Any]:
     """Run the genai builder on a Hugging Face causal-LM folder into `out_dir`; return facts about the result.
 
+    `isa` (`passes.ort.isa`; default this machine's) picks DEFAULT_INT4_OPTIONS for an int4 cpu build given no
+    `int4_*` option.
     `tuned=False` runs the builder with its own defaults only (no DEFAULT_INT4_OPTIONS, no thread setting):
     what Olive's ModelBuilder pass writes, for comparisons.
     """
     check_precision(precision, execution_provider)
     options = dict(options)
+    defaults_for = None
     if not tuned:
         threads = None
     elif precision == "int4" and execution_provider == "cpu" and not any(k.startswith("int4_") for k in options):
-        options = {**DEFAULT_INT4_OPTIONS, **options}
+        isa = isa or detect_isa()
+        if isa not in DEFAULT_INT4_OPTIONS:
+            raise PassError(f"no int4 defaults for the instruction set {isa!r}; known: {', '.join(DEFAULT_INT4_OPTIONS)}")
+        options, defaults_for = {**DEFAULT_INT4_OPTIONS[isa], **options}, isa
     check_options(options)
     requested = options.get("int8_nodes", [])
     requested = [requested] if isinstance(requested, str) else list(requested)
@@ -183,10 +218,15 @@ def build_genai(model_dir: Path, out_dir: Path, precision: str, execution_provid
         raise PassError(f"the genai builder ended without writing genai_config.json and model.onnx into {out_dir}")
     if int8_nodes:
         _quantize_int8(out_dir, int8_nodes, [n for n in requested if n not in INT8_ALIASES], builder_options, log)
+    # a tied embedding reads the 8-bit lm_head's table instead of its own int4 copy (genai_tied says why)
+    tied = share_tied_embedding(out_dir, log) if tuned and precision == "int4" else None
     set_threads(out_dir, threads)
+    for name in UNUSED_FILES if tuned else ():  # builder_defaults keeps the builder's folder as it is
+        (out_dir / name).unlink(missing_ok=True)
     files = {p.name: p.stat().st_size for p in sorted(out_dir.iterdir()) if p.is_file()}
     return {"builder": f"onnxruntime-genai {_version()}", "precision": precision, "execution_provider": execution_provider,
-            "options": options, "intra_op_num_threads": threads, "files": files,
+            "options": options, "int4_defaults_for_isa": defaults_for, "tied_embedding": tied,
+            "intra_op_num_threads": threads, "files": files,
             "model_bytes": sum(s for n, s in files.items() if n.startswith("model.onnx"))}
 
 
@@ -230,11 +270,7 @@ def _quantize_int8(genai_dir: Path, nodes: list[str], explicit: list[str], optio
                                      nodes_to_exclude=sorted(names - set(nodes)), op_types_to_quantize=("MatMul",))
     with quiet_quantizer():  # two INFO lines per node (1,300 for SmolLM2) otherwise
         quantizer.process()
-    with tempfile.TemporaryDirectory(dir=genai_dir) as tmp:
-        onnx.save_model(quantizer.model.model, str(Path(tmp) / "model.onnx"), save_as_external_data=True,
-                        all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=1024)
-        for item in Path(tmp).iterdir():
-            os.replace(item, genai_dir / item.name)
+    save_in_place(quantizer.model.model, genai_dir)
     log(f"quantized {len(nodes)} node(s) to 8 bits: {', '.join(nodes[:3])}{' ...' if len(nodes) > 3 else ''}")
 
 

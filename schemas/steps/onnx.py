@@ -50,7 +50,8 @@ class ExportOnnxConfig(StepConfig):
         description="genai: model-builder options (e.g. int4_block_size, int4_is_symmetric, prune_lm_head), plus "
         "`int8_nodes` (MatMul nodes kept at 8 bits in an int4 build; `sensitive`: lm_head and the QKV/down projections "
         "of a third of the layers; `qkv`: every layer's QKV projections). Any int4_* option replaces the tuned int4 "
-        "defaults (asymmetric, block 64, accuracy level 4, int8_nodes [sensitive, qkv], prune_lm_head).",
+        "defaults, chosen per CPU instruction set (target.isa): int4 embedding and prune_lm_head everywhere; AVX2 and "
+        "other CPUs without VNNI: symmetric block 32; VNNI and arm64: asymmetric block 64, int8_nodes [sensitive, qkv].",
     )
     builder_defaults: bool = Field(
         False,
@@ -69,6 +70,13 @@ class ExportOnnxConfig(StepConfig):
     def uses_target(self) -> bool:  # type: ignore[override]
         """A genai export is built for the target's execution provider unless the step names one."""
         return self.exporter in ("auto", "genai") and (self.execution_provider is None or self.precision is None)
+
+    @property
+    def uses_isa(self) -> bool:  # type: ignore[override]
+        """A genai int4 cpu export with no `int4_*` option takes its int4 options per instruction set."""
+        return (self.exporter in ("auto", "genai") and self.precision in (None, "int4") and not self.builder_defaults
+                and self.execution_provider in (None, "cpu") and not self.adapters
+                and not any(k.startswith("int4_") for k in self.genai_options))
 
     @model_validator(mode="after")
     def _check(self) -> "ExportOnnxConfig":

@@ -2,11 +2,12 @@
 
 A reduced run of the recipe (`--set`: 12 LoRA steps, a 24-pair test sample, 2 timed generations of 24
 tokens) that still goes through every step: GGUF conversion, LoRA, merge, two genai int4 builds and the
-evaluate step. It checks behaviour and structure: tuning lowers held-out perplexity; our int4 is no worse
-than the builder defaults' and close to fp32; the int4 graph has the options that make it fast (64-value
-int4 blocks, 8-bit attention inputs, two threads in genai_config.json) where the builder-defaults export
-has none of them. Decode speed is measured and reported, not asserted: the full recipe's 1.44x over the
-builder defaults is in the README (a loaded CI machine must not fail a test).
+evaluate step. It checks behaviour and structure: tuning lowers held-out perplexity; our int4 is about as
+good as the builder defaults' at half the size and close to fp32; the int4 graph has the options chosen for
+this machine's instruction set (genai_build.DEFAULT_INT4_OPTIONS: block size, symmetry, 8-bit layers on
+VNNI, int4 embedding, threads in genai_config.json) where the builder-defaults export has none of them.
+Decode speed is measured and reported, not asserted: the ratios are the README's and the benchmark's (a
+loaded CI machine must not fail a test).
 """
 
 from __future__ import annotations
@@ -43,16 +44,17 @@ def chat(tmp_path_factory):
     return folder
 
 
-def matmul_nbits(model_dir):
-    """(bits, block_size) -> count of MatMulNBits nodes in a genai folder's model.onnx (graph only, no weights)."""
+def matmul_nbits(model_dir, op_type="MatMulNBits"):
+    """(bits, block_size, symmetric) -> count of `op_type` nodes in a genai folder's model.onnx (graph only)."""
     import onnx
 
     proto = onnx.load(str(model_dir / "model.onnx"), load_external_data=False)
     counts = Counter()
     for node in proto.graph.node:
-        if node.op_type == "MatMulNBits":
+        if node.op_type == op_type:
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-            counts[(attrs["bits"], attrs["block_size"])] += 1
+            # inputs A (or data), B (or indices), scales, then zero points when asymmetric; bits default to 4
+            counts[(attrs.get("bits", 4), attrs["block_size"], len([i for i in node.input if i]) == 3)] += 1
     return counts
 
 
@@ -66,9 +68,11 @@ def test_chat_recipe_tunes_and_quantizes_well(chat):
                       for k, v in m.items()}, indent=1))
     base, merged, int4, defaults = m["base"], m["merged"], m["int4"], m["int4_builder_defaults"]
     assert merged["perplexity"] < base["perplexity"]
-    assert int4["perplexity"] <= defaults["perplexity"]
-    # The full recipe: +12% over fp32 (README); 24 test pairs after 12 steps move it more.
-    assert int4["perplexity"] <= 1.3 * merged["perplexity"]
+    # avx2's default is the builder's int4 plus an int4 embedding (half the size): on the full recipe 13.91
+    # against 13.96; on VNNI hosts the 8-bit layers make it better
+    assert int4["perplexity"] <= 1.03 * defaults["perplexity"]
+    # The full recipe: +27% over fp32 on avx2, +12% on VNNI (README); 24 pairs after 12 steps move it more.
+    assert int4["perplexity"] <= 1.4 * merged["perplexity"]
     for row in m.values():  # measured and recorded; ratios are the README's and the benchmark's
         assert row["tokens_per_second"] > 0 and row["time_to_first_token_ms"] > 0
     report = (chat / "out" / "report.md").read_text()
@@ -83,18 +87,29 @@ def test_chat_int4_has_the_tuned_structure(chat):
     cache = chat / "cache"
     ours = chat / "out" / "model"
     ours_q = matmul_nbits(ours)
-    # per layer: fused QKV, o, gate, up, down; plus lm_head. Here 106 int4 and 45 8-bit of 151.
-    assert set(ours_q) == {(4, 64), (8, 64)}, ours_q       # 64-value blocks: fewer scales read per token
-    assert ours_q[(4, 64)] >= 3 * LAYERS, ours_q          # o, gate, up (and most down) projections in int4
-    assert ours_q[(8, 64)] > LAYERS, ours_q               # every layer's QKV, lm_head and "sensitive" ones in 8 bits
+    from passes.ort.genai_build import DEFAULT_INT4_OPTIONS, RUNTIME_FILES
+    from passes.ort.isa import detect_isa
+
+    options = DEFAULT_INT4_OPTIONS[detect_isa()]
+    block, sym = options["int4_block_size"], options["int4_is_symmetric"]
+    # per layer: fused QKV, o, gate, up, down; plus lm_head: 151 MatMuls
+    assert sum(ours_q.values()) == 5 * LAYERS + 1, ours_q
+    if options.get("int8_nodes"):  # VNNI / arm64: every layer's QKV, lm_head and "sensitive" ones in 8 bits
+        assert set(ours_q) == {(4, block, sym), (8, block, sym)} and ours_q[(8, block, sym)] > LAYERS, ours_q
+    else:  # avx2 and the rest: int4 everywhere, lm_head too
+        assert set(ours_q) == {(4, block, sym)}, ours_q
+    # the embedding in int4 too (tied to lm_head in SmolLM2: 113 MB as fp32)
+    assert matmul_nbits(ours, "GatherBlockQuantized") == {(4, block, sym): 1}
     config = json.loads((ours / "genai_config.json").read_text())
     assert config["model"]["decoder"]["session_options"]["intra_op_num_threads"] >= 1
+    # nothing genai does not read, but the chat script
+    assert {p.name for p in ours.iterdir()} == set(RUNTIME_FILES) | {"inference.py"}
     # the builder-defaults export, read from the cache by its key
     from runner.cache import Cache
 
     folder = Cache(chat / "cache").lookup(steps["int4_builder_defaults"]["key"], touch=False).path
     d_q = matmul_nbits(folder)
-    assert set(d_q) == {(4, 32)}, d_q                     # the builder's own: int4 everywhere, 32-value blocks
+    assert set(d_q) == {(4, 32, True)}, d_q               # the builder's own: symmetric int4, 32-value blocks
     assert sum(d_q.values()) == sum(ours_q.values())      # the same MatMuls, quantized differently
     d_config = json.loads((folder / "genai_config.json").read_text())
     assert "intra_op_num_threads" not in d_config["model"]["decoder"].get("session_options", {})

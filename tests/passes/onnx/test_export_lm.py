@@ -66,6 +66,19 @@ def test_genai_precision_and_provider_follow_the_target():
     pinned = ExportOnnxConfig(type="export_onnx", model="llm", precision="fp32", execution_provider="cpu")
     assert genai_choices(pinned, Target(device="gpu"), lines.append) == ("fp32", "cpu") and not pinned.uses_target
     assert cfg.uses_target and not ExportOnnxConfig(type="export_onnx", model="llm", exporter="optimum").uses_target
+    # the int4 cpu defaults differ per instruction set: keyed by it, unless the step picks its own int4 options
+    assert cfg.uses_isa and not pinned.uses_isa
+    assert not ExportOnnxConfig(type="export_onnx", model="llm", genai_options={"int4_block_size": 32}).uses_isa
+    assert not ExportOnnxConfig(type="export_onnx", model="llm", builder_defaults=True).uses_isa
+
+
+def test_genai_int4_export_records_the_isa_it_chose_for(tiny_chat_llama_dir, tmp_path):
+    from passes.ort.genai_build import DEFAULT_INT4_OPTIONS
+
+    meta, _ = export(tiny_chat_llama_dir, tmp_path / "vnni", target=Target(isa="avx512_vnni", threads=1))
+    assert meta["choices"] == {"isa": "avx512_vnni", "int4_options": DEFAULT_INT4_OPTIONS["avx512_vnni"]}
+    names = {p.name for p in (tmp_path / "vnni").iterdir()}
+    assert "inference.py" in names and "special_tokens_map.json" not in names
 
 
 def test_int4_quantize_of_an_exported_llm(tiny_llama_dir, tmp_path):

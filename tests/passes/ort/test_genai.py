@@ -202,21 +202,51 @@ def test_adapters_switch_and_match_peft(tiny_llama, lora_adapters, tmp_path, pre
         R.smoke_test(out, "hello", adapter="other")
 
 
-def test_default_int4_has_int8_sensitive_nodes_and_tracks_pytorch(tiny_llama, torch_lm, tmp_path):
+def _quantized_nodes(folder: Path) -> dict[str, dict]:
+    """{node name: its attributes + op_type + input count} of the MatMulNBits / GatherBlockQuantized nodes."""
     import onnx
 
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+    return {n.name: {**{a.name: a.i for a in n.attribute}, "op": n.op_type, "inputs": len([i for i in n.input if i])}
+            for n in graph.node if n.op_type in ("MatMulNBits", "GatherBlockQuantized")}
+
+
+def test_avx2_int4_defaults_symmetric_int4_everywhere_and_track_pytorch(tiny_llama, torch_lm, tmp_path):
     out = tmp_path / "int4"
-    facts = G.build_genai(tiny_llama, out, "int4", "cpu", {}, 2, lambda line: None)
-    assert facts["options"] == G.DEFAULT_INT4_OPTIONS
-    bits = {n.name: next(a.i for a in n.attribute if a.name == "bits")
-            for n in onnx.load(str(out / "model.onnx"), load_external_data=False).graph.node if n.op_type == "MatMulNBits"}
+    facts = G.build_genai(tiny_llama, out, "int4", "cpu", {}, 2, lambda line: None, isa="avx2")
+    assert facts["options"] == G.DEFAULT_INT4_OPTIONS["avx2"] and facts["int4_defaults_for_isa"] == "avx2"
+    nodes = _quantized_nodes(out)
+    matmuls = {k: v for k, v in nodes.items() if v["op"] == "MatMulNBits"}
+    # every MatMul (lm_head too) 4-bit, block 32, int8 compute, symmetric (no zero-point input: A, B, scales)
+    assert "/lm_head/MatMul_Q4" in matmuls and len(matmuls) == 2 * 5 + 1  # qkv, o, gate, up, down
+    assert all(v["bits"] == 4 and v["block_size"] == 32 and v["accuracy_level"] == 4 and v["inputs"] == 3
+               for v in matmuls.values())
+    (embedding,) = [v for v in nodes.values() if v["op"] == "GatherBlockQuantized"]  # int4 embedding
+    assert embedding.get("bits", 4) == 4 and embedding["block_size"] == 32  # bits: the schema default is 4
+    assert embedding["quantize_axis"] == 1 and embedding["gather_axis"] == 0
+    # only what genai reads, plus the chat script the export adds (not built here)
+    assert sorted(p.name for p in out.iterdir()) == sorted(G.RUNTIME_FILES)
+    session = json.loads((out / "genai_config.json").read_text())["model"]["decoder"]["session_options"]
+    assert session["intra_op_num_threads"] == 2
+    examples = _examples(torch_lm.tokenizer)
+    assert _perplexity(_genai_lm(out), examples) == pytest.approx(_perplexity(torch_lm, examples), rel=0.15)
+
+
+def test_vnni_int4_defaults_keep_int8_sensitive_nodes_and_int4_embedding(tiny_llama, tmp_path):
+    out = tmp_path / "int4"
+    facts = G.build_genai(tiny_llama, out, "int4", "cpu", {}, None, lambda line: None, isa="avx512_vnni")
+    assert facts["options"] == G.DEFAULT_INT4_OPTIONS["avx512_vnni"] == G.DEFAULT_INT4_OPTIONS["arm64"]
+    nodes = _quantized_nodes(out)
+    bits = {k: v["bits"] for k, v in nodes.items() if v["op"] == "MatMulNBits"}
     assert bits["/lm_head/MatMul_Q8"] == 8 and bits["/model/layers.0/mlp/down_proj/MatMul_Q8"] == 8
     assert bits["/model/layers.0/mlp/up_proj/MatMul_Q4"] == 4
     assert all(bits[f"/model/layers.{i}/attn/qkv_proj/MatMul_Q8"] == 8 for i in (0, 1))  # "qkv": every layer
-    examples = _examples(torch_lm.tokenizer)
-    # 64-value blocks on a 64-wide random model are one block per row, int4's worst case: within 15% here
-    # (SmolLM2, measured: +12% against fp32, see DEFAULT_INT4_OPTIONS).
-    assert _perplexity(_genai_lm(out), examples) == pytest.approx(_perplexity(torch_lm, examples), rel=0.15)
+    assert all(v["block_size"] == 64 and v["inputs"] == 4 for v in nodes.values())  # asymmetric: zero points
+    # its own int4 table: this random model does not tie embedding and lm_head (test_genai_tied: a tied one)
+    assert [v.get("bits", 4) for v in nodes.values() if v["op"] == "GatherBlockQuantized"] == [4]
+    assert facts["tied_embedding"] is None
     with pytest.raises(PassError, match="not float MatMul nodes"):
         G.build_genai(tiny_llama, tmp_path / "bad", "int4", "cpu", {"int8_nodes": ["/nope/MatMul"]}, None,
                       lambda line: None)
+    with pytest.raises(PassError, match="no int4 defaults for the instruction set 'z80'"):
+        G.build_genai(tiny_llama, tmp_path / "bad", "int4", "cpu", {}, None, lambda line: None, isa="z80")
