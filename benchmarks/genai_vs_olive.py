@@ -19,8 +19,6 @@ OLIVE_DISABLE_TELEMETRY=1.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
 import shutil
 import statistics
@@ -29,24 +27,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.recipes import ENV, ROOT, run_recipe  # noqa: E402
+
 RECIPES = ROOT / "pipelines" / "recipes"
 OLIVE = "olive_builder_int4"
-
-
-def artifact(cache: Path, run: dict, step: str):
-    """The cached artifact of `step` in the run, named after it (a shared cache may have built it as another step)."""
-    from runner.cache import Cache
-
-    return dataclasses.replace(Cache(cache).lookup(run["steps"][step]["key"]), step=step)
-
-
-def run_recipe(name: str, cache: Path, out: Path, env: dict) -> dict:
-    """Run a recipe (cached steps are reused) and return its run.json."""
-    subprocess.run([sys.executable, "-m", "runner.cli", "run", str(RECIPES / f"{name}.yaml"), "--cache-dir", str(cache),
-                    "--output", str(out), "--quiet"], check=True, cwd=ROOT, env=env)
-    return json.loads((out / "run.json").read_text())
 
 
 def evaluate(models: list, data, metrics: list[str], runs: int, report: Path) -> dict:
@@ -77,18 +62,15 @@ def main() -> int:
     from passes.base import Artifact
     from passes.ort.isa import cpu_info
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OLIVE_DISABLE_TELEMETRY": "1"}
-    cache, out = args.cache_dir / "cache", args.cache_dir / "out"
-    run = run_recipe("chat-smollm2-int4", cache, out, env)
-    merged, ours, data = (artifact(cache, run, s) for s in ("merged", "int4", "qa"))
+    merged, ours, data = run_recipe(RECIPES / "chat-smollm2-int4.yaml", args.cache_dir, ("merged", "int4", "qa"))
     models = [ours]
     if not args.no_gptq:
-        models.append(artifact(cache, run_recipe("chat-smollm2-gptq", cache, args.cache_dir / "out-gptq", env), "int4_gptq"))
+        models += run_recipe(RECIPES / "chat-smollm2-gptq.yaml", args.cache_dir, ("int4_gptq",))
     olive_dir = args.cache_dir / "olive" / merged.digest[:12]  # rebuilt when the merged model changes
     if not (olive_dir / "genai_config.json").is_file():
         shutil.rmtree(olive_dir, ignore_errors=True)
         subprocess.run(["olive", "capture-onnx-graph", "-m", str(merged.path), "--use_model_builder", "--precision",
-                        "int4", "-o", str(olive_dir)], check=True, env=env, capture_output=True,
+                        "int4", "-o", str(olive_dir)], check=True, env=ENV, capture_output=True,
                        cwd=args.cache_dir)  # Olive writes its own .olive-cache in the working folder
     models.append(Artifact(kind="onnx_model", path=olive_dir, meta={"task": "causal-lm", "format": "genai"},
                            digest="olive", step=OLIVE))
