@@ -77,9 +77,7 @@ class TuneSession(Pass[TuneSessionConfig]):
     def run(self, inputs: dict[str, Any], ctx: Any) -> dict[str, Any]:
         cfg = self.config
         source: Artifact = inputs["model"]
-        model = source.path / files.MODEL_FILE
-        if not model.exists():
-            raise PassError(f"step {source.step!r} has no {files.MODEL_FILE} in {source.path}; tune_session takes an ONNX model step")
+        model = files.model_file(source, "tune_session takes an ONNX model step")
         if files.model_family(source.path, source.meta) == "causal_lm":
             raise PassError(f"step {source.step!r} is a causal LM: its runtime (onnxruntime-genai) reads its session options "
                             "from genai_config.json, which export_onnx writes; tune_session times encoder graphs")

@@ -58,9 +58,7 @@ def input_model_config(source: Artifact) -> dict[str, Any]:
             config["model_attributes"] = json.loads((source.path / ATTRIBUTES_FILE).read_text(encoding="utf-8"))
         return {"type": "HfModel", "config": config}
     if source.kind == "onnx_model":
-        if not (source.path / files.MODEL_FILE).is_file():
-            raise PassError(f"step {source.step!r} has no {files.MODEL_FILE} in {source.path}: Olive's ONNX passes "
-                            "take an export_onnx (or ONNX-producing olive) step")
+        files.model_file(source, "Olive's ONNX passes take an export_onnx (or ONNX-producing olive) step")
         return {"type": "ONNXModel", "config": {"model_path": str(source.path), "onnx_file_name": files.MODEL_FILE}}
     raise PassError(f"step {source.step!r} is a {source.kind}; an olive step takes an hf_model or an onnx_model")
 

@@ -55,9 +55,7 @@ class OptimizeOnnx(Pass[OptimizeOnnxConfig]):
     def run(self, inputs: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
         cfg = self.config
         source: Artifact = inputs["model"]
-        src_model = source.path / files.MODEL_FILE
-        if not src_model.exists():
-            raise PassError(f"step {source.step!r} has no {files.MODEL_FILE} in {source.path}; optimize_onnx takes an export_onnx step")
+        src_model = files.model_file(source, "optimize_onnx takes an export_onnx step")
         target = ctx.target
         config = read_config(source.path)
         model_type = self._model_type(config, ctx)

@@ -74,9 +74,7 @@ class Quantize(Pass[QuantizeConfig]):
     def run(self, inputs: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
         cfg = self.config
         source: Artifact = inputs["model"]
-        src_model = source.path / files.MODEL_FILE
-        if not src_model.exists():
-            raise PassError(f"step {source.step!r} has no {files.MODEL_FILE} in {source.path}; quantize takes an export_onnx step")
+        src_model = files.model_file(source, "quantize takes an export_onnx step")
         family = files.model_family(source.path, source.meta)
         plan = plan_quantization(cfg, ctx.target, causal_lm=family == "causal_lm")
         method = plan.method

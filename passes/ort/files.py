@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from passes.base import PassError
 from passes.hf.folders import read_config
 
 MODEL_FILE = "model.onnx"
@@ -241,6 +242,14 @@ def mb(n_bytes: int) -> float:
 #: Input-name prefixes of a decoder graph's KV cache (optimum: past_key_values.N.key; genai: past_key_values.N.key too;
 #: older exports: past.N).
 CACHE_INPUT_PREFIXES = ("past_key_values", "past.", "past_key", "cache.")
+
+
+def model_file(source: Any, takes: str) -> Path:
+    """The `model.onnx` of an onnx_model artifact; a PassError naming the step and what the pass takes otherwise."""
+    path = Path(source.path) / MODEL_FILE
+    if not path.is_file():
+        raise PassError(f"step {source.step!r} has no {MODEL_FILE} in {source.path}; {takes}")
+    return path
 
 
 def model_family(folder: Path, meta: dict | None = None) -> str:

@@ -103,6 +103,9 @@ def test_a_causal_lm_or_a_split_without_rows_is_refused(tiny_onnx_classifier, ti
                                                                  "task": "causal-lm"}, "lm")
     with pytest.raises(PassError, match="causal LM"):
         _tune(lm, tiny_dataset, make_ctx)
+    (tmp_path / "no_model").mkdir()
+    with pytest.raises(PassError, match="step 'hf' has no model.onnx in .*; tune_session takes an ONNX model step"):
+        _tune(make_artifact("onnx_model", tmp_path / "no_model", {}, "hf"), tiny_dataset, make_ctx)
     with pytest.raises(PassError, match="split 'train'"):
         cfg = TuneSessionConfig(type="tune_session", model="m", data="d", split="train")
         empty = tmp_path / "empty"
