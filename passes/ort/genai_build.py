@@ -47,6 +47,7 @@ from typing import Any
 from passes.ort.files import import_nbits_quantizer, quiet_quantizer
 from passes.ort.genai_tied import save_in_place, share_tied_embedding
 from passes.ort.isa import detect_isa
+from passes.ort.nbits import drop_default_zero_points, fuse_siblings, stage_symmetric_checkpoint
 from passes.base import PassError
 from passes.hf.folders import read_config
 
@@ -94,7 +95,14 @@ _VNNI_INT4_OPTIONS: dict[str, Any] = {"int4_block_size": 64, "int4_is_symmetric"
 #:   asym block 64 at accuracy level 1 (fp32 compute): 39 tok/s against 114 at level 4 (int8), same busy run
 #: On AVX2 (no VNNI) symmetric blocks skip the zero-point work in MLAS's int8 kernel: the fastest int4; without an
 #: exact int8 dot product the 8-bit layers cost 25% of the speed. Accuracy level 4 everywhere (int8 activations:
-#: fp32 compute is 3x slower). Perplexity within 8% of fp32 needs calibrated weights (the GPTQ recipe).
+#: fp32 compute is 3x slower). Perplexity within 8% of fp32 needs calibrated weights (the GPTQ recipe):
+#: the default's error is spread over every kind of layer. Each kind alone put back in 8 bits (symmetric block 128,
+#: from the fp32 weights; the rest as the default, 13.91): lm_head 13.24, every QKV 13.33, gate + up 13.03, down
+#: 13.07, o 13.96, the embedding 13.97. Olive's GPTQ alone, every layer int4: symmetric block 32 14.46 (its grid
+#: clips the positive extreme), asymmetric block 32 13.01, + 8-bit lm_head 12.38; mixed precision + GPTQ + 8-bit
+#: QKV: 11.66. And MLAS without VNNI runs 8-bit MatMulNBits at about half the int4 rate (one call, 2 threads:
+#: 576x1536 55 us against 33, lm_head 576x49152 1.1-1.4 ms against 0.65-0.68); onnxruntime's dynamic int8
+#: (per-tensor activations) was slower in the model and less accurate (`_quantize_int8`).
 DEFAULT_INT4_OPTIONS: dict[str, dict[str, Any]] = {
     "avx2": {"int4_block_size": 32, "int4_is_symmetric": True, "int4_accuracy_level": 4,
              "int4_op_types_to_quantize": ["MatMul", "Gather"], "prune_lm_head": True},
@@ -209,7 +217,10 @@ def build_genai(model_dir: Path, out_dir: Path, precision: str, execution_provid
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="genai-builder-") as scratch:
-        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(Path(model_dir).resolve()),
+        staged = stage_symmetric_checkpoint(Path(model_dir), Path(scratch))
+        if staged is not None:
+            log("symmetric packed checkpoint: the builder gets its default zero points written out (nbits says why)")
+        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str((staged or Path(model_dir)).resolve()),
                "-o", str(out_dir.resolve()), "-p", precision, "-e", execution_provider, "-c",
                str(Path(scratch) / "cache"), "--extra_options", *extra]
         log(f"genai builder: {precision} for {execution_provider}, options {options or 'defaults'}")
@@ -220,12 +231,14 @@ def build_genai(model_dir: Path, out_dir: Path, precision: str, execution_provid
         _quantize_int8(out_dir, int8_nodes, [n for n in requested if n not in INT8_ALIASES], builder_options, log)
     # a tied embedding reads the 8-bit lm_head's table instead of its own int4 copy (genai_tied says why)
     tied = share_tied_embedding(out_dir, log) if tuned and precision == "int4" else None
+    rewrites = _rewrite_nbits(out_dir, log) if tuned and precision == "int4" else None
     set_threads(out_dir, threads)
     for name in UNUSED_FILES if tuned else ():  # builder_defaults keeps the builder's folder as it is
         (out_dir / name).unlink(missing_ok=True)
     files = {p.name: p.stat().st_size for p in sorted(out_dir.iterdir()) if p.is_file()}
     return {"builder": f"onnxruntime-genai {_version()}", "precision": precision, "execution_provider": execution_provider,
             "options": options, "int4_defaults_for_isa": defaults_for, "tied_embedding": tied,
+            "nbits_rewrites": rewrites,
             "intra_op_num_threads": threads, "files": files,
             "model_bytes": sum(s for n, s in files.items() if n.startswith("model.onnx"))}
 
@@ -251,7 +264,12 @@ def _int8_nodes(names: list[str], model_dir: Path) -> list[str]:
 
 def _quantize_int8(genai_dir: Path, nodes: list[str], explicit: list[str], options: dict[str, Any],
                    log: Callable[[str], None]) -> None:
-    """Quantize the float MatMul `nodes` of model.onnx to 8-bit MatMulNBits in place."""
+    """Quantize the float MatMul `nodes` of model.onnx to 8-bit MatMulNBits in place.
+
+    Not onnxruntime's dynamic int8 (MatMulInteger, weights per channel): measured on the chat recipe's SmolLM2
+    it was slower in decode than 8-bit MatMulNBits and, with activations quantized per tensor instead of per
+    block, less accurate (int8 lm_head: perplexity 14.24 against 13.91 with the int4 one; int8 down projections
+    made the model babble)."""
     import onnx
     MatMulNBitsQuantizer = import_nbits_quantizer().MatMulNBitsQuantizer  # keeps the root logger as it was
 
@@ -272,6 +290,25 @@ def _quantize_int8(genai_dir: Path, nodes: list[str], explicit: list[str], optio
         quantizer.process()
     save_in_place(quantizer.model.model, genai_dir)
     log(f"quantized {len(nodes)} node(s) to 8 bits: {', '.join(nodes[:3])}{' ...' if len(nodes) > 3 else ''}")
+
+
+def _rewrite_nbits(genai_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """The exact MatMulNBits rewrites of `nbits` on the folder's model.onnx (saved once, if anything changed):
+    default zero points dropped (a symmetric GPTQ checkpoint keeps them; without them MLAS runs its faster
+    kernel), then siblings fused (gate + up: one kernel call instead of two)."""
+    import onnx
+
+    model = onnx.load(str(genai_dir / "model.onnx"))
+    zero_points = drop_default_zero_points(model)
+    fused = fuse_siblings(model)
+    if zero_points["nodes"]:
+        log(f"dropped the default zero points of {zero_points['nodes']} MatMulNBits node(s) "
+            f"({zero_points['freed_bytes'] / 1e6:.1f} MB): the symmetric kernel runs them")
+    if fused["groups"]:
+        log(f"fused {fused['nodes']} MatMulNBits nodes reading the same input into {fused['groups']} (gate + up)")
+    if zero_points["nodes"] or fused["groups"]:
+        save_in_place(model, genai_dir)
+    return {"default_zero_points_dropped": zero_points["nodes"], "fused_siblings": fused["nodes"]}
 
 
 def _run_builder(cmd: list[str], cwd: str, log: Callable[[str], None]) -> None:

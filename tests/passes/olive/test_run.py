@@ -219,3 +219,34 @@ def test_mixed_precision_plan_reaches_gptq_and_our_genai_export_reads_the_packed
     with pytest.raises(PassError, match="set `precision: int4`"):
         ExportOnnx(ExportOnnxConfig(type="export_onnx", model="gptq", precision="fp32")).run(
             {"model": make_artifact("hf_model", gptq_ctx.out_dir, gptq, "gptq")}, ctx)
+
+
+def test_symmetric_gptq_builds_through_our_export_with_the_zero_point_free_kernel(tiny_chat_llama_dir, tmp_path,
+                                                                                  make_ctx):
+    """Olive's Gptq with sym: true stores no zero points, on which the 0.14.1 builder's q/k/v packing fails; our
+    export writes the default ones for the builder (nbits.stage_symmetric_checkpoint) and drops them after."""
+    import onnx
+    from datasets import Dataset, DatasetDict
+
+    from passes.ort import genai_build as G
+    from passes.ort.genai_run import smoke_test
+    from tests.builders import tiny_corpus
+
+    rows = tiny_corpus(16)
+    DatasetDict(train=Dataset.from_dict({"prompt": [t for t, _ in rows], "response": [l for _, l in rows]})
+                ).save_to_disk(str(tmp_path / "instr" / "data"))
+    data = make_artifact("dataset", tmp_path / "instr", {"format": "instruction", "labels": None}, "calib")
+    source = make_artifact("hf_model", tiny_chat_llama_dir, {"task": "causal-lm", "labels": None})
+    ctx = make_ctx("gptq")
+    _run(_step("Gptq", {"bits": 4, "group_size": 32, "sym": True}, data="calib", samples=8),
+         {"model": source, "data": data}, ctx)
+    lines: list[str] = []
+    facts = G.build_genai(ctx.out_dir, tmp_path / "int4", "int4", "cpu", {}, 2, lines.append, isa="avx2")
+    graph = onnx.load(str(tmp_path / "int4" / "model.onnx"), load_external_data=False).graph
+    packed = [n for n in graph.node if n.op_type == "MatMulNBits" and not n.name.startswith("/lm_head/")]
+    # GPTQ's layers: qkv, o, gate + up (fused), down per layer; none keeps a zero-point input
+    assert len(packed) == 4 * 2 and all(len([i for i in n.input if i]) == 3 for n in packed)
+    assert facts["nbits_rewrites"]["default_zero_points_dropped"] == 5 * 2
+    assert any("default zero points written out" in line for line in lines)
+    assert isinstance(smoke_test(tmp_path / "int4", "hello", max_new_tokens=4), str)
+    assert not (ctx.out_dir / "model.safetensors").is_symlink()  # the source folder is left as it was

@@ -218,7 +218,13 @@ def test_avx2_int4_defaults_symmetric_int4_everywhere_and_track_pytorch(tiny_lla
     nodes = _quantized_nodes(out)
     matmuls = {k: v for k, v in nodes.items() if v["op"] == "MatMulNBits"}
     # every MatMul (lm_head too) 4-bit, block 32, int8 compute, symmetric (no zero-point input: A, B, scales)
-    assert "/lm_head/MatMul_Q4" in matmuls and len(matmuls) == 2 * 5 + 1  # qkv, o, gate, up, down
+    # qkv, o, gate + up as one (nbits.fuse_siblings), down; and lm_head
+    assert "/lm_head/MatMul_Q4" in matmuls and len(matmuls) == 2 * 4 + 1
+    assert facts["nbits_rewrites"] == {"default_zero_points_dropped": 0, "fused_siblings": 4}
+    fused = {k: v for k, v in matmuls.items() if k.endswith("/FusedSiblings")}
+    assert sorted(fused) == [f"/model/layers.{i}/mlp/gate_proj/MatMul_Q4/FusedSiblings" for i in range(2)]
+    ffn = json.loads((tiny_llama / "config.json").read_text())["intermediate_size"]
+    assert all(v["N"] == 2 * ffn for v in fused.values())
     assert all(v["bits"] == 4 and v["block_size"] == 32 and v["accuracy_level"] == 4 and v["inputs"] == 3
                for v in matmuls.values())
     (embedding,) = [v for v in nodes.values() if v["op"] == "GatherBlockQuantized"]  # int4 embedding
@@ -239,7 +245,7 @@ def test_vnni_int4_defaults_keep_int8_sensitive_nodes_and_int4_embedding(tiny_ll
     nodes = _quantized_nodes(out)
     bits = {k: v["bits"] for k, v in nodes.items() if v["op"] == "MatMulNBits"}
     assert bits["/lm_head/MatMul_Q8"] == 8 and bits["/model/layers.0/mlp/down_proj/MatMul_Q8"] == 8
-    assert bits["/model/layers.0/mlp/up_proj/MatMul_Q4"] == 4
+    assert bits["/model/layers.0/mlp/gate_proj/MatMul_Q4/FusedSiblings"] == 4  # gate + up, asymmetric: fused too
     assert all(bits[f"/model/layers.{i}/attn/qkv_proj/MatMul_Q8"] == 8 for i in (0, 1))  # "qkv": every layer
     assert all(v["block_size"] == 64 and v["inputs"] == 4 for v in nodes.values())  # asymmetric: zero points
     # its own int4 table: this random model does not tie embedding and lm_head (test_genai_tied: a tied one)
