@@ -45,6 +45,9 @@ def quality_metrics(y_true: list[int], y_pred: list[int], n_labels: int, wanted:
 class Classifier:
     """A loaded sequence classifier: its tokenizer, a batch `logits` function and a timing callable."""
 
+    #: Session settings a `tune_session` step chose (session_options.json), applied when loading; None: none.
+    settings: dict[str, Any] | None = None
+
     def __init__(self, artifact: Artifact, tokenizer: Any, labels: list[str], provider: str, max_positions: int | None):
         self.artifact, self.tokenizer, self.labels = artifact, tokenizer, labels
         self.provider, self.max_positions = provider, max_positions

@@ -211,7 +211,8 @@ class Evaluate(Pass[EvaluateConfig]):
 
     def _time(self, classifiers: dict[str, Classifier], texts: list[Any], ctx: Any, results: dict[str, dict[str, Any]], threads: int) -> latency.Timings:
         cfg = self.config
-        runners, tokens = {}, None
+        runners: dict[str, Any] = {}
+        tokens: dict[str, float] = {}  # per model: models with different tokenizers see different token counts
         for name, clf in classifiers.items():
             if clf.max_positions and cfg.sequence_length > clf.max_positions:
                 raise PassError(f"`sequence_length` {cfg.sequence_length} exceeds model {name!r}'s {clf.max_positions} positions; lower it")
@@ -229,9 +230,9 @@ class Evaluate(Pass[EvaluateConfig]):
             for name, clf in classifiers.items():
                 encoded = [clf.encode(b, padding="longest", truncation=True, max_length=cfg.sequence_length) for b in batches]
                 runners[name] = latency.cycling([clf.bind(enc) for enc in encoded])
-                tokens = sum(int(enc["input_ids"].shape[1]) for enc in encoded) / len(encoded)
+                tokens[name] = sum(int(enc["input_ids"].shape[1]) for enc in encoded) / len(encoded)
             shape = "the split's texts unpadded" if cfg.batch_size == 1 else "the split's texts in length-sorted batches padded to their longest"
-            shape += f" ({tokens:.1f} tokens on average, at most {cfg.sequence_length})"
+            shape += f" ({tokens[next(iter(classifiers))]:.1f} tokens on average, at most {cfg.sequence_length})"
         total = cfg.repeats * len(runners)
         load_before = latency.load_average()
         # Timing starts once the cores work in parallel again (after loading, or a previous step's burst).
@@ -248,10 +249,10 @@ class Evaluate(Pass[EvaluateConfig]):
             results[name]["load_average"] = round(load, 2)
             results[name].update(parallel)
             results[name]["latency_provider"] = classifiers[name].provider  # what the timed session really ran on
-            if getattr(classifiers[name], "settings", None):
+            if classifiers[name].settings:
                 results[name]["session_options"] = classifiers[name].settings  # tuned by a tune_session step
             results[name].update(threads=threads, batch_size=cfg.batch_size, sequence_length=cfg.sequence_length,
-                                 padding=cfg.padding, tokens_mean=round(tokens or cfg.sequence_length, 2))
+                                 padding=cfg.padding, tokens_mean=round(tokens.get(name, cfg.sequence_length), 2))
         return timings
 
     @staticmethod
