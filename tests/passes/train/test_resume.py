@@ -89,8 +89,18 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler for the test, whatever this process inherited: pytest started as a background
+    job (`cmd &` in a shell without job control) ignores SIGINT, and Python then installs no handler that raises."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_ctrl_c_saves_a_checkpoint_and_the_next_run_resumes_to_the_same_weights(tmp_path, tiny_chat_llama_dir,
-                                                                                  one_thread, monkeypatch):
+                                                                                  one_thread, monkeypatch,
+                                                                                  python_sigint):
     import transformers
 
     from passes.base import SimpleContext
