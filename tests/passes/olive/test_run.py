@@ -29,6 +29,18 @@ def _run(step, inputs, ctx):
     return Olive(step).run(inputs, ctx)
 
 
+def _instruction_data(tmp_path, count: int):
+    """A `calib` dataset artifact of `count` instruction pairs (a train split) for calibrating passes."""
+    from datasets import Dataset, DatasetDict
+
+    from tests.builders import tiny_corpus
+
+    rows = tiny_corpus(count)
+    DatasetDict(train=Dataset.from_dict({"prompt": [t for t, _ in rows], "response": [l for _, l in rows]})
+                ).save_to_disk(str(tmp_path / "instr" / "data"))
+    return make_artifact("dataset", tmp_path / "instr", {"format": "instruction", "labels": None}, "calib")
+
+
 def _leftovers(folder):
     return sorted(p.name for p in folder.iterdir())
 
@@ -138,14 +150,7 @@ def test_unknown_pass_and_data_for_a_pass_without_data(tiny_onnx_classifier, tin
 
 def test_gptq_on_instruction_data_then_model_builder_int4(tiny_chat_llama_dir, tmp_path, make_ctx):
     """The recipe's chain: Olive GPTQ calibrated on instruction rows, then ModelBuilder reads Olive's packed weights."""
-    from datasets import Dataset, DatasetDict
-
-    from tests.builders import tiny_corpus
-
-    rows = tiny_corpus(24)
-    DatasetDict(train=Dataset.from_dict({"prompt": [t for t, _ in rows], "response": [l for _, l in rows]})
-                ).save_to_disk(str(tmp_path / "instr" / "data"))
-    data = make_artifact("dataset", tmp_path / "instr", {"format": "instruction", "labels": None}, "calib")
+    data = _instruction_data(tmp_path, 24)
     source = make_artifact("hf_model", tiny_chat_llama_dir, {"task": "causal-lm", "labels": None})
     gptq_ctx = make_ctx("gptq")
     gptq = _run(_step("Gptq", {"bits": 4, "group_size": 32}, data="calib", samples=8), {"model": source, "data": data},
@@ -180,14 +185,12 @@ def test_mixed_precision_plan_reaches_gptq_and_our_genai_export_reads_the_packed
     to Gptq by the artifact, and export_onnx writes Gptq's packed 4- and 8-bit layers as MatMulNBits."""
     import json
 
-    from datasets import Dataset, DatasetDict
     from onnx import load
 
     from passes.base import SimpleContext
     from passes.olive.kinds import ATTRIBUTES_FILE
     from passes.onnx.export import ExportOnnx
     from schemas.steps import ExportOnnxConfig
-    from tests.builders import tiny_corpus
 
     source = make_artifact("hf_model", tiny_chat_llama_dir, {"task": "causal-lm", "labels": None})
     mixed_ctx = make_ctx("mixed")
@@ -195,10 +198,7 @@ def test_mixed_precision_plan_reaches_gptq_and_our_genai_export_reads_the_packed
     plan = json.loads((mixed_ctx.out_dir / ATTRIBUTES_FILE).read_text())["mixed_precision_info"]
     assert plan["overrides"]["lm_head"]["bits"] == 8 and mixed["olive_attributes"] == ["mixed_precision_info"]
 
-    rows = tiny_corpus(16)
-    DatasetDict(train=Dataset.from_dict({"prompt": [t for t, _ in rows], "response": [l for _, l in rows]})
-                ).save_to_disk(str(tmp_path / "instr" / "data"))
-    data = make_artifact("dataset", tmp_path / "instr", {"format": "instruction", "labels": None}, "calib")
+    data = _instruction_data(tmp_path, 16)
     gptq_ctx = make_ctx("gptq")
     gptq = _run(_step("Gptq", {"bits": 4, "group_size": 32, "sym": False, "lm_head": True}, data="calib", samples=8),
                 {"model": make_artifact("hf_model", mixed_ctx.out_dir, mixed, "mixed"), "data": data}, gptq_ctx)
@@ -226,16 +226,12 @@ def test_symmetric_gptq_builds_through_our_export_with_the_zero_point_free_kerne
     """Olive's Gptq with sym: true stores no zero points, on which the 0.14.1 builder's q/k/v packing fails; our
     export writes the default ones for the builder (nbits.stage_symmetric_checkpoint) and drops them after."""
     import onnx
-    from datasets import Dataset, DatasetDict
+    from safetensors import safe_open
 
     from passes.ort import genai_build as G
     from passes.ort.genai_run import smoke_test
-    from tests.builders import tiny_corpus
 
-    rows = tiny_corpus(16)
-    DatasetDict(train=Dataset.from_dict({"prompt": [t for t, _ in rows], "response": [l for _, l in rows]})
-                ).save_to_disk(str(tmp_path / "instr" / "data"))
-    data = make_artifact("dataset", tmp_path / "instr", {"format": "instruction", "labels": None}, "calib")
+    data = _instruction_data(tmp_path, 16)
     source = make_artifact("hf_model", tiny_chat_llama_dir, {"task": "causal-lm", "labels": None})
     ctx = make_ctx("gptq")
     _run(_step("Gptq", {"bits": 4, "group_size": 32, "sym": True}, data="calib", samples=8),
@@ -249,4 +245,5 @@ def test_symmetric_gptq_builds_through_our_export_with_the_zero_point_free_kerne
     assert facts["nbits_rewrites"]["default_zero_points_dropped"] == 5 * 2
     assert any("default zero points written out" in line for line in lines)
     assert isinstance(smoke_test(tmp_path / "int4", "hello", max_new_tokens=4), str)
-    assert not (ctx.out_dir / "model.safetensors").is_symlink()  # the source folder is left as it was
+    with safe_open(str(ctx.out_dir / "model.safetensors"), "pt") as source_weights:  # the source is left as it was
+        assert not any(name.endswith(".qzeros") for name in source_weights.keys())
