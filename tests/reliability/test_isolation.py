@@ -52,7 +52,7 @@ def test_a_crashing_step_fails_alone(tmp_path, bad, how):
         assert "killed by SIGABRT" in error and "peak memory" in error
     else:
         assert "out of memory" in error and "max_memory_gb = 0.3" in error
-        assert steps["bad"]["resources"]["peak_memory_mb"] > 300
+        assert steps["bad"]["resources"]["peak_memory_mb"] >= 300  # killed once over 300 MB; run.json rounds
     assert "bad" in stderr and error.split(";")[0] in stderr  # the console says it too
     cache = Cache(cache_dir)
     assert {e.step for e in cache.entries()} == {"src", "good", "after_good"}  # the sibling branch is cached
