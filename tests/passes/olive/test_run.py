@@ -247,3 +247,43 @@ def test_symmetric_gptq_builds_through_our_export_with_the_zero_point_free_kerne
     assert isinstance(smoke_test(tmp_path / "int4", "hello", max_new_tokens=4), str)
     with safe_open(str(ctx.out_dir / "model.safetensors"), "pt") as source_weights:  # the source is left as it was
         assert not any(name.endswith(".qzeros") for name in source_weights.keys())
+
+
+def test_quarot_rotation_keeps_the_function_and_its_gptq_int4_builds(tiny_chat_llama_dir, tmp_path, make_ctx):
+    """Olive's QuaRot as a step: the rotated folder computes the same logits (the norms' scales are folded into
+    the next layers, which untie lm_head from the embedding), and GPTQ on it exports through ours to a folder genai
+    generates from, symmetric int4 everywhere (the recipe's fast format)."""
+    import json
+
+    import onnx
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from passes.ort import genai_build as G
+    from passes.ort.genai_run import smoke_test
+
+    source = make_artifact("hf_model", tiny_chat_llama_dir, {"task": "causal-lm", "labels": None})
+    rot_ctx = make_ctx("rot")
+    rotated = _run(_step("QuaRot"), {"model": source}, rot_ctx)
+    assert json.loads((rot_ctx.out_dir / "config.json").read_text())["tie_word_embeddings"] is False
+    ids = torch.randint(0, 200, (2, 12))
+    with torch.no_grad():
+        before = AutoModelForCausalLM.from_pretrained(tiny_chat_llama_dir).eval()(ids).logits
+        model = AutoModelForCausalLM.from_pretrained(rot_ctx.out_dir).eval()
+        after = model(ids).logits
+    assert torch.allclose(before, after, atol=1e-4), (before - after).abs().max()
+    assert all(torch.equal(layer.input_layernorm.weight, torch.ones_like(layer.input_layernorm.weight))
+               for layer in model.model.layers)  # folded into q/k/v: what lets the rotation commute with the norm
+    assert not torch.allclose(model.model.embed_tokens.weight, AutoModelForCausalLM.from_pretrained(
+        tiny_chat_llama_dir).model.embed_tokens.weight)
+
+    gptq_ctx = make_ctx("gptq")
+    _run(_step("Gptq", {"bits": 4, "group_size": 32, "sym": True, "lm_head": True}, data="calib", samples=8),
+         {"model": make_artifact("hf_model", rot_ctx.out_dir, rotated, "rot"), "data": _instruction_data(tmp_path, 16)},
+         gptq_ctx)
+    facts = G.build_genai(gptq_ctx.out_dir, tmp_path / "int4", "int4", "cpu", {}, 2, lambda line: None, isa="avx2")
+    nodes = [n for n in onnx.load(str(tmp_path / "int4" / "model.onnx"), load_external_data=False).graph.node
+             if n.op_type == "MatMulNBits"]
+    assert nodes and all(len([i for i in n.input if i]) == 3 for n in nodes)  # no zero points: the symmetric kernel
+    assert facts["nbits_rewrites"]["default_zero_points_dropped"] == 5 * 2 + 1  # every layer's and lm_head's
+    assert isinstance(smoke_test(tmp_path / "int4", "hello", max_new_tokens=4), str)
