@@ -25,8 +25,11 @@ def _inputs_text(cfg: dict[str, Any], results: dict[str, Any]) -> str:
     """What the timed inputs were: padded to a fixed length, or the split's texts as a deployment batches them."""
     if cfg.get("padding", "max_length") == "max_length":
         return f"{cfg['sequence_length']} tokens (padded)"
-    tokens = next((m["tokens_mean"] for m in results.values() if "tokens_mean" in m), None)
-    mean = f", {tokens:.1f} tokens on average" if tokens else ""
+    tokens = {name: m["tokens_mean"] for name, m in results.items() if "tokens_mean" in m}
+    if len(set(tokens.values())) > 1:  # models with different tokenizers: each its own count
+        mean = ", tokens on average: " + ", ".join(f"{name} {t:.1f}" for name, t in tokens.items())
+    else:
+        mean = f", {next(iter(tokens.values())):.1f} tokens on average" if tokens else ""
     how = "unpadded" if cfg["batch_size"] == 1 else "in length-sorted batches padded to their longest"
     return f"the split's texts {how} (as deployed{mean}, at most {cfg['sequence_length']})"
 

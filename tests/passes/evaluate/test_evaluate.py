@@ -287,3 +287,17 @@ def test_fixed_shape_latency_pads_every_call_to_sequence_length(tiny_onnx_dir, t
     Evaluate(cfg).run({"models": [make_artifact("onnx_model", tiny_onnx_dir, META, "onnx")], "data": tiny_dataset},
                       make_ctx("report"))
     assert bound[-1]["input_ids"].shape == (1, 24) and not bound[-1]["attention_mask"].all()
+
+
+def test_the_report_names_each_models_token_count_when_tokenizers_differ():
+    """As deployed, each model is timed on its own tokenizer's ids: the report gives one mean when all agree and
+    each model's when they differ (it used to print the first model's for all)."""
+    from passes.evaluate.report import _inputs_text
+
+    cfg = {"padding": "longest", "batch_size": 1, "sequence_length": 64}
+    same = _inputs_text(cfg, {"a": {"tokens_mean": 24.0}, "b": {"tokens_mean": 24.0}})
+    assert "24.0 tokens on average" in same and "a 24.0" not in same
+    differ = _inputs_text(cfg, {"a": {"tokens_mean": 24.0}, "b": {"tokens_mean": 31.5}, "torch": {}})
+    assert "tokens on average: a 24.0, b 31.5" in differ
+    assert "on average" not in _inputs_text(cfg, {"a": {}})
+    assert _inputs_text({"padding": "max_length", "batch_size": 1, "sequence_length": 64}, {}) == "64 tokens (padded)"
