@@ -267,15 +267,14 @@ def test_quarot_rotation_keeps_the_function_and_its_gptq_int4_builds(tiny_chat_l
     rotated = _run(_step("QuaRot"), {"model": source}, rot_ctx)
     assert json.loads((rot_ctx.out_dir / "config.json").read_text())["tie_word_embeddings"] is False
     ids = torch.randint(0, 200, (2, 12))
+    original = AutoModelForCausalLM.from_pretrained(tiny_chat_llama_dir).eval()
+    model = AutoModelForCausalLM.from_pretrained(rot_ctx.out_dir).eval()
     with torch.no_grad():
-        before = AutoModelForCausalLM.from_pretrained(tiny_chat_llama_dir).eval()(ids).logits
-        model = AutoModelForCausalLM.from_pretrained(rot_ctx.out_dir).eval()
-        after = model(ids).logits
+        before, after = original(ids).logits, model(ids).logits
     assert torch.allclose(before, after, atol=1e-4), (before - after).abs().max()
     assert all(torch.equal(layer.input_layernorm.weight, torch.ones_like(layer.input_layernorm.weight))
                for layer in model.model.layers)  # folded into q/k/v: what lets the rotation commute with the norm
-    assert not torch.allclose(model.model.embed_tokens.weight, AutoModelForCausalLM.from_pretrained(
-        tiny_chat_llama_dir).model.embed_tokens.weight)
+    assert not torch.allclose(model.model.embed_tokens.weight, original.model.embed_tokens.weight)  # rotated
 
     gptq_ctx = make_ctx("gptq")
     _run(_step("Gptq", {"bits": 4, "group_size": 32, "sym": True, "lm_head": True}, data="calib", samples=8),
