@@ -202,6 +202,22 @@ def instruction_data(tmp_path):
     return make_artifact("dataset", tmp_path / "instr", {"labels": None, "format": "instruction", "splits": splits}, "instr")
 
 
+def _first_and_last_epoch_loss(out_dir: Path) -> tuple[float, float]:
+    """Mean training loss over the first and over the last epoch. Each epoch sees every row once, so the two
+    means are over the same data; one step's loss is over one batch, and batches of different lengths differ
+    by more than a short run learns (a CI run saw 5.12 at step 1 and 5.52 at step 10). Over eight seeds the
+    epoch means fell by 0.09-0.42."""
+    import math
+
+    by_epoch: dict[int, list[float]] = {}
+    for h in json.loads((out_dir / "training_log.json").read_text()):
+        if "loss" in h:
+            by_epoch.setdefault(math.ceil(h["epoch"] - 1e-9), []).append(h["loss"])
+    assert len(by_epoch) >= 2, by_epoch
+    means = [sum(v) / len(v) for _, v in sorted(by_epoch.items())]
+    return means[0], means[-1]
+
+
 def llama(folder):
     return make_artifact("hf_model", folder, {"task": "causal-lm", "labels": None, "model_type": "llama",
                                               "architecture": "LlamaForCausalLM"}, "llm")
@@ -290,8 +306,8 @@ def test_lora_causal_lm_trains_and_merges(ctx_for, tiny_llama_dir, instruction_d
     meta = lora(tune, llama(tiny_llama_dir), instruction_data, epochs=3, batch_size=8)
     assert meta["task"] == "causal-lm" and meta["labels"] is None
     assert meta["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    losses = [h["loss"] for h in json.loads((tune.out_dir / "training_log.json").read_text()) if "loss" in h]
-    assert losses[-1] < losses[0]
+    first, last = _first_and_last_epoch_loss(tune.out_dir)
+    assert last < first
     assert set(meta["eval_metrics"]) == {"loss"}
     assert json.loads((tune.out_dir / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
     assert json.loads((tune.out_dir / "tokenizer_config.json").read_text())["padding_side"] == "left"  # kept
@@ -313,8 +329,8 @@ def test_qlora_trains_on_a_4bit_base_and_merges_into_the_dequantized_base(ctx_fo
     assert meta["memory"]["base_4bit_mb"] < meta["memory"]["base_fp32_mb"]
     assert meta["summary"].startswith("QLoRA nf4 r=8, causal-lm") and "in 4-bit vs" in meta["summary"]
     assert any("base in 4-bit nf4" in line for line in tune.lines)
-    losses = [h["loss"] for h in json.loads((tune.out_dir / "training_log.json").read_text()) if "loss" in h]
-    assert losses[-1] < losses[0]
+    first, last = _first_and_last_epoch_loss(tune.out_dir)
+    assert last < first
 
     ctx = ctx_for("merged")
     merged = merge(ctx, tune, meta, llama(tiny_llama_dir))
