@@ -21,6 +21,7 @@ BUILTIN_PASSES = {
     "qlora": "passes.train.steps",
     "finetune": "passes.train.steps",
     "merge_adapter": "passes.train.steps",
+    "tune_scales": "passes.train.scales",
     "export_onnx": "passes.onnx.export",
     "optimize_onnx": "passes.onnx.optimize",
     "quantize": "passes.onnx.quantize",

@@ -1,1 +1,1 @@
-"""The training family: `lora`, `qlora`, `finetune` and `merge_adapter`, with their data and Trainer glue."""
+"""The training family: `lora`, `qlora`, `finetune`, `merge_adapter` and `tune_scales`, with their data and Trainer glue."""

@@ -7,7 +7,7 @@ from .olive import OliveConfig
 from .select import SelectConfig
 from .onnx import ExportOnnxConfig, OptimizeOnnxConfig, QuantizeConfig, QuantPlan
 from .tune import TuneSessionConfig
-from .train import FinetuneConfig, LoraConfig, MergeAdapterConfig, QloraConfig, TrainingSettings
+from .train import FinetuneConfig, LoraConfig, MergeAdapterConfig, QloraConfig, TrainingSettings, TuneScalesConfig
 
 __all__ = [
     "EvaluateConfig",
@@ -24,5 +24,6 @@ __all__ = [
     "QuantPlan",
     "SelectConfig",
     "TrainingSettings",
+    "TuneScalesConfig",
     "TuneSessionConfig",
 ]

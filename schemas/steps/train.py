@@ -210,3 +210,36 @@ class MergeAdapterConfig(StepConfig):
         if base is None:
             return self
         return self.model_copy(update={"model": base})
+
+
+@register_step
+class TuneScalesConfig(TrainingSettings, StepConfig):
+    """Quantization-aware tuning of a quantized checkpoint's block scales (EfficientQAT's end-to-end step).
+
+    The integer codes stay as the quantizer chose them (GPTQ, RTN); only each block's scale (and, with
+    `train_norms`, the float norm weights) trains, so the result keeps the checkpoint's exact format, size and
+    speed and only its values move. With a `teacher` the loss is the KL divergence from the teacher's
+    next-token distribution on the response tokens (distillation: the quantized model learns to match the
+    model it was quantized from); without one, the usual cross-entropy on the responses.
+    """
+
+    type: Literal["tune_scales"] = Field(description="Train the block scales of an Olive-quantized checkpoint.")
+    model: Ref[HfModel] = Field(description="An Olive-quantized checkpoint: the output of an `olive` step running "
+                                "`Gptq` or `Rtn` (`quant_method: olive`).")
+    data: Ref[Dataset] = Field(description="Instruction or chat data (train and, when evaluating, validation splits).")
+    teacher: Ref[HfModel] | None = Field(
+        None, description="The float model to distil from (usually the one that was quantized, e.g. the merged "
+        "model); default: none, train on the responses' cross-entropy.")
+    train_norms: bool = Field(
+        True, description="Train the float norm weights too (they stay float in the deployed model).")
+    epochs: float = Field(1.0, gt=0, le=1000, validation_alias=_hf_name("epochs", "num_train_epochs"),
+                          description="Passes over the train split (ignored when `max_steps` is set).")
+    learning_rate: float = Field(
+        3e-3, gt=0, lt=1, description="Peak learning rate of the relative scale change (each scale trains as "
+        "s * (1 + d)); the norms train at a tenth of it.")
+    batch_size: int = Field(8, ge=1, le=4096, validation_alias=_hf_name("batch_size", "per_device_train_batch_size"),
+                            description="Examples per step.")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of steps with a linear warm-up.")
+
+    output_kind: ClassVar[str] = "hf_model"
+    key_exclude: ClassVar[frozenset[str]] = _TRAIN_KEY_EXCLUDE
