@@ -3,12 +3,13 @@
     python benchmarks/genai_vs_olive.py [--cache-dir DIR] [--runs N] [--repeat N] [--no-gptq]
 
 Runs the chat recipe and the calibrated chains (pipelines/recipes/chat-smollm2-gptq.yaml: Olive mixed
-precision + GPTQ -> our export, `int4_gptq`; Olive QuaRot + symmetric GPTQ -> our export, `int4_rotated`;
+precision + GPTQ -> our export, `int4_gptq`; Olive QuaRot + symmetric GPTQ -> our export, `int4_rotated`, and
+its block scales tuned by distillation (`tune_scales`) -> our export, `int4_tuned`;
 GPTQ takes minutes the first time, all are cached afterwards), exports
 the merged model a second time with Olive's own CLI (`olive capture-onnx-graph --use_model_builder
 --precision int4`, its ModelBuilder pass, as a user would run it), then in one process:
 - one `evaluate` step with perplexity and size of merged (PyTorch fp32, the baseline), ours (the recipe's
-  `int4`), the chains' `int4_gptq` and `int4_rotated`, and Olive's;
+  `int4`), the chains' `int4_gptq`, `int4_rotated` and `int4_tuned`, and Olive's;
 - `--repeat` evaluate steps timing the int4 folders' greedy decode, interleaved within each step;
 and prints each model's tokens/s ratio to Olive's, its perplexity against fp32 (%), its size, with the
 machine state before each repeat (CPU model, instruction set, idle % of the CPUs over 5 s, load).
@@ -66,7 +67,7 @@ def main() -> int:
     merged, ours, data = run_recipe(RECIPES / "chat-smollm2-int4.yaml", args.cache_dir, ("merged", "int4", "qa"))
     models = [ours]
     if not args.no_gptq:
-        models += run_recipe(RECIPES / "chat-smollm2-gptq.yaml", args.cache_dir, ("int4_gptq", "int4_rotated"))
+        models += run_recipe(RECIPES / "chat-smollm2-gptq.yaml", args.cache_dir, ("int4_gptq", "int4_rotated", "int4_tuned"))
     olive_dir = args.cache_dir / "olive" / merged.digest[:12]  # rebuilt when the merged model changes
     if not (olive_dir / "genai_config.json").is_file():
         shutil.rmtree(olive_dir, ignore_errors=True)

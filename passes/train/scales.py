@@ -78,20 +78,22 @@ def _distiller(student: Any, teacher: Any | None) -> Any:
     return Distiller()
 
 
-def _mean_loss(model: Any, rows: Any, collate: Any, batch_size: int) -> float | None:
+def _mean_loss(model: Any, rows: Any, collate: Any, batch_size: int, ctx: StepContext, label: str) -> float | None:
     """The model's mean loss over `rows` (per scored token batch, averaged by tokens), without gradients."""
     import torch
 
     if rows is None or len(rows) == 0:
         return None
     total = count = 0.0
-    with torch.no_grad():
-        for start in range(0, len(rows), batch_size):
+    starts = range(0, len(rows), batch_size)
+    with torch.no_grad(), ctx.progress(len(starts), label) as bar:
+        for start in starts:
             batch = collate([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
             n = float((batch["labels"][:, 1:] != IGNORE).sum())
             if n:
                 total += float(model(batch["input_ids"], batch["attention_mask"], batch["labels"])["loss"]) * n
                 count += n
+            bar.advance(1)
     return round(total / count, 6) if count else None
 
 
@@ -160,13 +162,13 @@ class TuneScales(Pass[TuneScalesConfig]):
         collate = collator_for("causal-lm", tokenizer)
         side, tokenizer.padding_side = tokenizer.padding_side, "right"
         try:
-            before = _mean_loss(model, validation, collate, cfg.batch_size)
+            before = _mean_loss(model, validation, collate, cfg.batch_size, ctx, "validation before")
         finally:
             tokenizer.padding_side = side
         result = train_with_trainer(model, tokenizer, "causal-lm", train, validation, cfg, None, ctx)
         side, tokenizer.padding_side = tokenizer.padding_side, "right"
         try:
-            after = _mean_loss(model, validation, collate, cfg.batch_size)
+            after = _mean_loss(model, validation, collate, cfg.batch_size, ctx, "validation after")
         finally:
             tokenizer.padding_side = side
         if before is not None:
