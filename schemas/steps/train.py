@@ -235,8 +235,8 @@ class TuneScalesConfig(TrainingSettings, StepConfig):
     epochs: float = Field(1.0, gt=0, le=1000, validation_alias=_hf_name("epochs", "num_train_epochs"),
                           description="Passes over the train split (ignored when `max_steps` is set).")
     learning_rate: float = Field(
-        3e-3, gt=0, lt=1, description="Peak learning rate of the relative scale change (each scale trains as "
-        "s * (1 + d)); the norms train at a tenth of it.")
+        1e-3, gt=0, lt=1, description="Peak learning rate (each scale trains as s * (1 + d), so this is a relative "
+        "change; the norm weights are near 1 and take it as it is).")
     batch_size: int = Field(8, ge=1, le=4096, validation_alias=_hf_name("batch_size", "per_device_train_batch_size"),
                             description="Examples per step.")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of steps with a linear warm-up.")
