@@ -148,17 +148,19 @@ def save_packed(model: Any, layers: dict[str, Any], source: Path, out_dir: Path,
         metadata = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     params = dict(model.named_parameters())
-    moved = []
+    moved, largest = [], 0.0
     with torch.no_grad():
         for name, layer in layers.items():
             stored = tensors[f"{name}.scales"]
             tensors[f"{name}.scales"] = layer.scales().to(stored.dtype).contiguous()
             moved.append(layer.scale_delta.abs().mean().item())
+            largest = max(largest, layer.scale_delta.abs().max().item())
         for name in keep:
             tensors[name] = params[name].detach().to(tensors[name].dtype).contiguous()
     save_file(tensors, str(out_dir / WEIGHTS_FILE), metadata=metadata)
     return {"layers": len(layers), "plain_tensors": len(keep),
-            "mean_abs_scale_change": round(sum(moved) / max(len(moved), 1), 6)}
+            "mean_abs_scale_change": round(sum(moved) / max(len(moved), 1), 6),
+            "max_abs_scale_change": round(largest, 6)}
 
 
 def packed_summary(folder: Path) -> str:

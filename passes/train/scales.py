@@ -112,7 +112,6 @@ class TuneScales(Pass[TuneScalesConfig]):
     memory_hint = "use a smaller `batch_size` or `max_length`, `gradient_checkpointing: true`, or no `teacher`"
 
     def run(self, inputs: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
-        import torch
         from transformers import set_seed
 
         cfg = self.config
@@ -137,14 +136,12 @@ class TuneScales(Pass[TuneScalesConfig]):
         if getattr(student.config, "final_logit_softcapping", None):
             raise PassError(f"{source.step!r} soft-caps its logits ({type(student).__name__}): tune_scales does not "
                             "support that head")
-        for p in student.parameters():
-            p.requires_grad_(False)
-        for layer in layers.values():
-            layer.scale_delta.requires_grad_(True)
-        norms = [n for n, p in student.named_parameters() if "norm" in n.rsplit(".", 2)[-2]] if cfg.train_norms else []
-        for name, p in student.named_parameters():
-            if name in norms:
-                p.requires_grad_(True)
+        norms = []
+        for name, p in student.named_parameters():  # the scales train, and the norms when asked; nothing else
+            is_norm = cfg.train_norms and "norm" in name.rsplit(".", 2)[-2]
+            p.requires_grad_(name.endswith(".scale_delta") or is_norm)
+            if is_norm:
+                norms.append(name)
         teacher = None
         if teacher_art is not None:
             teacher, _ = load_model(Path(teacher_art.path), "causal-lm", None)
@@ -157,19 +154,18 @@ class TuneScales(Pass[TuneScalesConfig]):
         packed_weights = sum(layer.rows * layer.cols for layer in layers.values())
         norm_values = sum(p.numel() for n, p in student.named_parameters() if n in norms)
         loss_name = f"KL to {teacher_art.step!r}" if teacher_art is not None else "cross-entropy"
-        ctx.log(f"{packed_summary(folder)}: {len(layers)} packed layers; {human_count(scales)} block scales"
+        packed = packed_summary(folder)
+        ctx.log(f"{packed}: {len(layers)} packed layers; {human_count(scales)} block scales"
                 + (f" and {human_count(norm_values)} norm weights" if norms else "")
                 + f" train, the {human_count(packed_weights)} codes stay; loss: {loss_name} on the responses; "
                 f"{len(train)} train rows")
         collate = collator_for("causal-lm", tokenizer)
+        # Right padding for the collator, as train_with_trainer uses while training (decoders count positions
+        # from the first token).
         side, tokenizer.padding_side = tokenizer.padding_side, "right"
         try:
             before = _mean_loss(model, validation, collate, cfg.batch_size, ctx, "validation before")
-        finally:
-            tokenizer.padding_side = side
-        result = train_with_trainer(model, tokenizer, "causal-lm", train, validation, cfg, None, ctx)
-        side, tokenizer.padding_side = tokenizer.padding_side, "right"
-        try:
+            result = train_with_trainer(model, tokenizer, "causal-lm", train, validation, cfg, None, ctx)
             after = _mean_loss(model, validation, collate, cfg.batch_size, ctx, "validation after")
         finally:
             tokenizer.padding_side = side
@@ -177,8 +173,6 @@ class TuneScales(Pass[TuneScalesConfig]):
             ctx.log(f"validation {loss_name}: {before:.4f} before, {after:.4f} after")
 
         facts = save_packed(student, layers, folder, ctx.out_dir, norms)
-        with torch.no_grad():
-            largest = max(float(layer.scale_delta.abs().max()) for layer in layers.values())
         tm, em = result["train_metrics"], result["eval_metrics"]
         change = f"{before:.4f} -> {after:.4f}" if before is not None else "no validation"
         return {
@@ -187,11 +181,11 @@ class TuneScales(Pass[TuneScalesConfig]):
             "model_type": student.config.model_type,
             "architecture": type(student).__name__,
             "quantization": source.meta.get("quantization", "olive"),
-            "packed": packed_summary(folder),
+            "packed": packed,
             "teacher": teacher_art.step if teacher_art is not None else None,
             "loss": "kl" if teacher_art is not None else "cross_entropy",
             "trained_norms": len(norms),
-            "scales": facts | {"max_abs_scale_change": round(largest, 6)},
+            "scales": facts,
             "kl_before" if teacher_art is not None else "loss_before": before,
             "kl_after" if teacher_art is not None else "loss_after": after,
             "truncation": truncation or None,
@@ -199,6 +193,6 @@ class TuneScales(Pass[TuneScalesConfig]):
             "train_metrics": tm,
             "eval_metrics": em,
             "metrics": {f"val_{k}": v for k, v in em.items()} | {"train_loss": tm["loss"], "train_s": tm["runtime_s"]},
-            "summary": (f"scales of {len(layers)} layers tuned ({packed_summary(folder)}), {tm['steps']} steps in "
+            "summary": (f"scales of {len(layers)} layers tuned ({packed}), {tm['steps']} steps in "
                         f"{tm['runtime_s']:.1f}s, validation {loss_name} {change}, {summary_metrics(em)}"),
         }
