@@ -15,6 +15,15 @@ KILLS = 12
 SEED = 14
 
 
+def began_work(proc, tmp, timeout: float = 60.0) -> None:
+    """Return once the run has a step's work under way (its temporary folder holds something)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if tmp.is_dir() and any(tmp.iterdir()):
+            return
+        time.sleep(0.005)
+
+
 def test_sigkill_at_random_points_then_resume(tmp_path, capsys):
     rng = random.Random(SEED)
     wf = project(tmp_path / "proj")
@@ -33,7 +42,11 @@ def test_sigkill_at_random_points_then_resume(tmp_path, capsys):
         ref_keys = {e.key: e for e in Cache(ref_cache).entries()}
 
         proc = start("run", wf, "--cache-dir", cache_dir, "--output", out)
-        time.sleep(rng.uniform(0.05, 1.0) * span)
+        if k % 2:  # anywhere in the run: start-up, a step's work, a commit, the outputs
+            time.sleep(rng.uniform(0.05, 1.0) * span)
+        else:  # inside a step's work, however slow the machine is today: wait for it to begin
+            began_work(proc, cache_dir / "tmp")
+            time.sleep(rng.uniform(0.0, 0.2))
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)
         TALLY["kills"] += 1
