@@ -159,3 +159,55 @@ def test_a_float_model_is_refused_with_what_to_give(tiny_chat_llama_dir, tmp_pat
     cfg = TuneScalesConfig(type="tune_scales", model="merged", data="instr", max_steps=1)
     with pytest.raises(PassError, match="not an Olive packed quantized checkpoint.*Gptq"):
         TuneScales(cfg).run({"model": _lm(tiny_chat_llama_dir, "merged"), "data": _data(tmp_path)}, ctx)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_next_run_resumes_to_the_same_scales(tiny_chat_llama_dir, tmp_path,
+                                                                                 monkeypatch):
+    """The distiller (student and its trainable scales; the teacher kept out) checkpoints and resumes like the
+    other training steps: stopped in step 5, resumed from step 5's checkpoint, it ends where an uninterrupted run
+    does, and its loss curve is the same."""
+    import os
+    import signal
+
+    import torch
+    import transformers
+    from safetensors.torch import load_file
+
+    packed = _pack_with_olive(tiny_chat_llama_dir, tmp_path / "packed", True, {})
+    inputs = {"model": _lm(packed, "gptq"), "data": _data(tmp_path), "teacher": _lm(tiny_chat_llama_dir, "merged")}
+    cfg = TuneScalesConfig(type="tune_scales", model="gptq", data="instr", teacher="merged", max_steps=8,
+                           save_steps=3, learning_rate=5e-2, batch_size=8, logging_steps=1, eval_strategy="no")
+
+    def run(name: str, checkpoints: Path) -> SimpleContext:
+        ctx = SimpleContext(name, tmp_path / name, checkpoint_dir=checkpoints, quiet=True)
+        ctx.out_dir.mkdir(exist_ok=True)
+        TuneScales(cfg).run(inputs, ctx)
+        return ctx
+
+    run("ref", tmp_path / "ref-checkpoints")
+    step = transformers.Trainer.training_step
+
+    def ctrl_c_in_step_5(self, *args, **kwargs):
+        if self.state.global_step == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self, *args, **kwargs)
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # whatever pytest's parent set
+    try:
+        monkeypatch.setattr(transformers.Trainer, "training_step", ctrl_c_in_step_5)
+        with pytest.raises(KeyboardInterrupt):
+            run("stopped", tmp_path / "checkpoints")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-3", "checkpoint-5"]
+    saved = load_file(str(tmp_path / "checkpoints" / "checkpoint-5" / "model.safetensors"))
+    assert saved and not any("teacher" in k for k in saved)  # the student alone: the teacher never trains
+    monkeypatch.setattr(transformers.Trainer, "training_step", step)
+    ctx = run("resumed", tmp_path / "checkpoints")
+    assert any(line.startswith("resuming from checkpoint at step 5 of 8") for line in ctx.lines), ctx.lines
+    ref, resumed = (load_file(str(tmp_path / n / "model.safetensors")) for n in ("ref", "resumed"))
+    assert ref.keys() == resumed.keys()
+    assert all(torch.allclose(ref[k], resumed[k], rtol=0, atol=1e-6) for k in ref)
+    loss = lambda n: [(e["step"], e["loss"]) for e in json.loads((tmp_path / n / "training_log.json").read_text())
+                      if "loss" in e]
+    assert len(loss("resumed")) == 8 and loss("resumed") == loss("ref")
