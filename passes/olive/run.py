@@ -56,7 +56,8 @@ class Olive(Pass[OliveConfig]):
     """
 
     config_class = OliveConfig
-    version = 1
+    #: 2: a causal LM's calibration rows are unpadded and rendered as the model is served (`passes.olive.data`)
+    version = 2
     packages = ("olive-ai", "onnxruntime", "onnx", "torch", "transformers")
 
     def run(self, inputs: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
