@@ -101,26 +101,19 @@ def max_length(model_folder: Path) -> int:
     return min(limits)
 
 
-def _causal_tokenizer(model_folder: Path) -> Any:
-    """The model folder's tokenizer, or None when it has none (rows are then written as plain text)."""
-    from passes.hf.loading import load_tokenizer
-
-    try:
-        return load_tokenizer(model_folder, causal=True)
-    except PassError:
-        return None
-
-
 def data_config(dataset: Artifact, split: str, samples: int, model_folder: Path, causal_lm: bool,
                 work: Path) -> tuple[dict[str, Any], int]:
     """An Olive DataConfig dict over the split's first rows, tokenized with the model folder's tokenizer; (config, rows)."""
-    tokenizer = _causal_tokenizer(model_folder) if causal_lm else None
+    from passes.hf.loading import load_tokenizer
+
+    # a causal LM's folder without a tokenizer fails here, naming it, rather than later inside Olive's container
+    tokenizer = load_tokenizer(model_folder, causal=True) if causal_lm else None
     path, n = write_rows(dataset, split, samples, work, tokenizer)
     length = max_length(model_folder)
     if causal_lm:
         pre = {"type": "text_generation_huggingface_pre_process", "model_name": str(model_folder),
                "text_cols": ["text"], "strategy": "line-by-line", "max_seq_len": length, "max_samples": n,
-               "pad_to_max_len": False, "add_special_tokens": tokenizer is None}
+               "pad_to_max_len": False, "add_special_tokens": False}
     else:
         with path.open(encoding="utf-8") as f:
             has_pair = "text_pair" in json.loads(f.readline())

@@ -17,3 +17,19 @@ def _slow_step(self, *args, **kwargs):
 
 
 transformers.Trainer.training_step = _slow_step
+
+
+
+def ctrl_c_during_step(monkeypatch, step: int) -> None:
+    """Make the Trainer send this process SIGINT (Ctrl-C) at the start of training step `step` (1-based);
+    use with the `python_sigint` fixture, so that Python raises KeyboardInterrupt on it."""
+    import signal
+
+    trained = transformers.Trainer.training_step
+
+    def interrupted(self, *args, **kwargs):
+        if self.state.global_step == step - 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return trained(self, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.Trainer, "training_step", interrupted)

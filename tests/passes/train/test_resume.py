@@ -18,6 +18,7 @@ import pytest
 from runner.cache import Cache
 from tests.builders import ROOT, make_artifact
 from tests.helpers import cli, default_signals, write
+from tests.passes.train.slow_steps import ctrl_c_during_step
 
 WORKFLOW = """
 version: 1
@@ -89,20 +90,9 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture
-def python_sigint():
-    """Python's own SIGINT handler for the test, whatever this process inherited: pytest started as a background
-    job (`cmd &` in a shell without job control) ignores SIGINT, and Python then installs no handler that raises."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, previous)
-
-
 def test_ctrl_c_saves_a_checkpoint_and_the_next_run_resumes_to_the_same_weights(tmp_path, tiny_chat_llama_dir,
                                                                                   one_thread, monkeypatch,
                                                                                   python_sigint):
-    import transformers
-
     from passes.base import SimpleContext
     from passes.sources.data import LoadData
     from passes.train.steps import Lora
@@ -125,18 +115,11 @@ def test_ctrl_c_saves_a_checkpoint_and_the_next_run_resumes_to_the_same_weights(
         return ctx
 
     run("ref", tmp_path / "ref-checkpoints")
-    step = transformers.Trainer.training_step
-
-    def ctrl_c_in_step_5(self, *args, **kwargs):
-        if self.state.global_step == 4:  # during the 5th step, between the checkpoints of steps 3 and 6
-            os.kill(os.getpid(), signal.SIGINT)
-        return step(self, *args, **kwargs)
-
-    monkeypatch.setattr(transformers.Trainer, "training_step", ctrl_c_in_step_5)
-    with pytest.raises(KeyboardInterrupt):
-        run("stopped", tmp_path / "checkpoints")
+    with monkeypatch.context() as patch:
+        ctrl_c_during_step(patch, 5)  # between the checkpoints of steps 3 and 6
+        with pytest.raises(KeyboardInterrupt):
+            run("stopped", tmp_path / "checkpoints")
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-3", "checkpoint-5"]
-    monkeypatch.setattr(transformers.Trainer, "training_step", step)
     ctx = run("resumed", tmp_path / "checkpoints")
     assert any(line.startswith("resuming from checkpoint at step 5 of 12") for line in ctx.lines), ctx.lines
     assert _same(_weights(tmp_path / "resumed"), _weights(tmp_path / "ref"))

@@ -14,6 +14,7 @@ from passes.hf.packed import load_packed_lm
 from passes.train.scales import TuneScales
 from schemas.steps import TuneScalesConfig
 from tests.builders import make_artifact, tiny_corpus
+from tests.passes.train.slow_steps import ctrl_c_during_step
 
 
 @pytest.fixture(autouse=True)
@@ -162,15 +163,11 @@ def test_a_float_model_is_refused_with_what_to_give(tiny_chat_llama_dir, tmp_pat
 
 
 def test_ctrl_c_saves_a_checkpoint_and_the_next_run_resumes_to_the_same_scales(tiny_chat_llama_dir, tmp_path,
-                                                                                 monkeypatch):
+                                                                                 monkeypatch, python_sigint):
     """The distiller (student and its trainable scales; the teacher kept out) checkpoints and resumes like the
     other training steps: stopped in step 5, resumed from step 5's checkpoint, it ends where an uninterrupted run
     does, and its loss curve is the same."""
-    import os
-    import signal
-
     import torch
-    import transformers
     from safetensors.torch import load_file
 
     packed = _pack_with_olive(tiny_chat_llama_dir, tmp_path / "packed", True, {})
@@ -185,24 +182,13 @@ def test_ctrl_c_saves_a_checkpoint_and_the_next_run_resumes_to_the_same_scales(t
         return ctx
 
     run("ref", tmp_path / "ref-checkpoints")
-    step = transformers.Trainer.training_step
-
-    def ctrl_c_in_step_5(self, *args, **kwargs):
-        if self.state.global_step == 4:
-            os.kill(os.getpid(), signal.SIGINT)
-        return step(self, *args, **kwargs)
-
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # whatever pytest's parent set
-    try:
-        monkeypatch.setattr(transformers.Trainer, "training_step", ctrl_c_in_step_5)
+    with monkeypatch.context() as patch:
+        ctrl_c_during_step(patch, 5)
         with pytest.raises(KeyboardInterrupt):
             run("stopped", tmp_path / "checkpoints")
-    finally:
-        signal.signal(signal.SIGINT, previous)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-3", "checkpoint-5"]
     saved = load_file(str(tmp_path / "checkpoints" / "checkpoint-5" / "model.safetensors"))
     assert saved and not any("teacher" in k for k in saved)  # the student alone: the teacher never trains
-    monkeypatch.setattr(transformers.Trainer, "training_step", step)
     ctx = run("resumed", tmp_path / "checkpoints")
     assert any(line.startswith("resuming from checkpoint at step 5 of 8") for line in ctx.lines), ctx.lines
     ref, resumed = (load_file(str(tmp_path / n / "model.safetensors")) for n in ("ref", "resumed"))
