@@ -11,8 +11,9 @@ the merged model a second time with Olive's own CLI (`olive capture-onnx-graph -
 - one `evaluate` step with perplexity and size of merged (PyTorch fp32, the baseline), ours (the recipe's
   `int4`), the chains' `int4_gptq`, `int4_rotated` and `int4_tuned`, and Olive's;
 - `--repeat` evaluate steps timing the int4 folders' greedy decode, interleaved within each step;
-and prints each model's tokens/s ratio to Olive's, its perplexity against fp32 (%), its size, with the
-machine state before each repeat (CPU model, instruction set, idle % of the CPUs over 5 s, load).
+and prints each model's tokens/s ratio to Olive's (the median of the repeats' ratios, and their range),
+its perplexity against fp32 (%), its size, with the machine state before each repeat (CPU model,
+instruction set, idle % of the CPUs over 5 s, load).
 
 Olive comes with the README's set-up (the `olive` extra: olive-ai 0.13) and runs with
 OLIVE_DISABLE_TELEMETRY=1.
@@ -89,16 +90,19 @@ def main() -> int:
         for name, r in m.items():
             speeds[name].append(r["tokens_per_second"])
         print(f"repeat {i + 1}: " + ", ".join(f"{n} {r['tokens_per_second']:.1f} tok/s" for n, r in m.items())
-              + f"; ours/Olive {m[ours.step]['tokens_per_second'] / m[OLIVE]['tokens_per_second']:.2f}x; "
-              f"before it: CPUs {idle:.0f}% idle over 5 s, load average {load:.2f}")
+              + f"; before it: CPUs {idle:.0f}% idle over 5 s, load average {load:.2f}")
+        print("  ours/Olive: " + ", ".join(f"{s} {speeds[s][-1] / speeds[OLIVE][-1]:.2f}x" for s in speeds if s != OLIVE))
     fp32 = quality["merged"]["perplexity"]
-    print(f"\n{'model':20} {'tokens/s':>9} {'vs Olive':>9} {'perplexity':>11} {'vs fp32':>8} {'MB':>6}")
-    print(f"{'merged (fp32)':20} {'':>9} {'':>9} {fp32:11.2f} {'':>8} {quality['merged']['size_mb']:6.0f}")
-    olive_rate = statistics.median(speeds[OLIVE])
+    # Each repeat's ratio pairs two rates measured in the same minutes: their median is steadier than a ratio
+    # of medians, and their range shows this machine's noise (two folders of one format differ only by it).
+    print(f"\n{'model':20} {'tokens/s':>9} {'vs Olive':>9} {'(range)':>13} {'perplexity':>11} {'vs fp32':>8} {'MB':>6}")
+    print(f"{'merged (fp32)':20} {'':>9} {'':>9} {'':>13} {fp32:11.2f} {'':>8} {quality['merged']['size_mb']:6.0f}")
     for model in models:
-        rate, q = statistics.median(speeds[model.step]), quality[model.step]
-        print(f"{model.step:20} {rate:9.1f} {rate / olive_rate:8.2f}x {q['perplexity']:11.2f} "
-              f"{100 * (q['perplexity'] / fp32 - 1):+7.1f}% {q['size_mb']:6.0f}")
+        q = quality[model.step]
+        ratios = [a / b for a, b in zip(speeds[model.step], speeds[OLIVE])]
+        spread = f"{min(ratios):.2f}-{max(ratios):.2f}x"
+        print(f"{model.step:20} {statistics.median(speeds[model.step]):9.1f} {statistics.median(ratios):8.2f}x "
+              f"{spread:>13} {q['perplexity']:11.2f} {100 * (q['perplexity'] / fp32 - 1):+7.1f}% {q['size_mb']:6.0f}")
     print(f"(tokens/s: median of {args.repeat} repeats of {args.runs} interleaved runs; reports in {args.cache_dir})")
     return 0
 
