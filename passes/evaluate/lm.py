@@ -87,13 +87,16 @@ class TorchLM:
 class GenaiLM:
     """An onnxruntime-genai folder (genai_config.json), run with onnxruntime-genai (`passes.ort.genai_run.GenaiSession`)."""
 
-    def __init__(self, artifact: Artifact) -> None:
+    def __init__(self, artifact: Artifact, threads: int | None = None) -> None:
         self.artifact, self.folder = artifact, Path(artifact.path)
-        self.session = GenaiSession(self.folder)
+        # `threads` when the evaluate step names them, else the folder's own (as its inference.py runs it)
+        self.session = GenaiSession(self.folder, threads)
         # The folder's tokenizer through transformers: every model scores identical token ids.
         self.tokenizer = self.session.tokenizer
         providers = _genai_providers(self.folder)
-        self.runtime = f"onnxruntime-genai ({', '.join(providers) or 'cpu'})"
+        count = self.session.threads
+        used = f"{count} thread{'s' if count != 1 else ''}" if count else "genai's default threads"
+        self.runtime = f"onnxruntime-genai ({', '.join(providers) or 'cpu'}, {used})"
 
     def nll(self, prompt_ids: list[int], response_ids: list[int]) -> float:
         return sequence_nll(self.session, prompt_ids, response_ids)
@@ -115,15 +118,16 @@ def _genai_providers(folder: Path) -> list[str]:
     return [name for entry in options for name in entry]
 
 
-def load_lm(artifact: Artifact) -> TorchLM | GenaiLM:
-    """The right runner for a model artifact; PassError for what is not a causal LM."""
+def load_lm(artifact: Artifact, threads: int | None = None) -> TorchLM | GenaiLM:
+    """The right runner for a model artifact (genai folders with `threads` when given); PassError for what is not
+    a causal LM."""
     if artifact.meta.get("task") not in (None, "causal-lm"):
         raise PassError(f"model {artifact.step!r} is a {artifact.meta.get('task')} model; perplexity, generate and "
                         "tokens/s measure causal LMs")
     folder = Path(artifact.path)
     if artifact.kind == "onnx_model":
         if (folder / "genai_config.json").is_file():
-            return GenaiLM(artifact)
+            return GenaiLM(artifact, threads)
         if artifact.meta.get("format") == "optimum" or (folder / "config.json").is_file():
             return TorchLM(artifact)
         raise PassError(f"model {artifact.step!r} is an ONNX model without genai_config.json or config.json: "
@@ -158,7 +162,7 @@ def evaluate_lms(cfg: EvaluateConfig, models: list[Artifact], data: Artifact, ct
     runners = {}
     for art in models:
         ctx.log(f"loading {art.step} ({art.kind})")
-        runners[art.step] = load_lm(art)
+        runners[art.step] = load_lm(art, cfg.threads)
     tokenizer = runners[models[0].step].tokenizer  # one tokenization for every model: identical inputs
     check_chat_template(tokenizer, chat, f"model {models[0].step!r}")
     results: dict[str, dict[str, Any]] = {n: {"kind": r.artifact.kind, "runtime": r.runtime} for n, r in runners.items()}
@@ -209,8 +213,9 @@ def _time(runners: dict[str, Any], tokenizer: Any, prompt: Any, chat: dict[str, 
           results: dict[str, dict[str, Any]], threads: int) -> dict[str, Any]:
     ids = encode_prompt(tokenizer, prompt, chat)
     n = cfg.max_new_tokens
-    ctx.log(f"timing {len(runners)} model(s): greedy, {len(ids)} prompt tokens, {n} new tokens, {threads} thread(s), "
-            f"{WARMUP_GENERATIONS} warm-up + {cfg.generation_runs} timed generations each, interleaved")
+    ctx.log(f"timing {len(runners)} model(s): greedy, {len(ids)} prompt tokens, {n} new tokens, {threads} thread(s) "
+            f"for PyTorch (genai folders: their own), {WARMUP_GENERATIONS} warm-up + {cfg.generation_runs} timed "
+            "generations each, interleaved")
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in runners}
     order = random.Random(SHUFFLE_SEED)
     with ctx.progress((WARMUP_GENERATIONS + cfg.generation_runs) * len(runners), "decode speed") as bar:
@@ -232,7 +237,8 @@ def _time(runners: dict[str, Any], tokenizer: Any, prompt: Any, chat: dict[str, 
         speed = speed_summary(runs, n)
         results[name].update(
             tokens_per_second=speed["tokens_per_second"], time_to_first_token_ms=speed["time_to_first_token_ms"],
-            new_tokens=n, prompt_tokens=len(ids), generation_runs=speed["runs"], threads=threads, **parallel,
+            new_tokens=n, prompt_tokens=len(ids), generation_runs=speed["runs"],
+            threads=runners[name].session.threads if isinstance(runners[name], GenaiLM) else threads, **parallel,
         )
     return {"schedule": schedule, "runs_s": {k: [list(r) for r in v] for k, v in samples.items()}}
 

@@ -305,7 +305,8 @@ def write_lm_report(out_dir: Path, payload: dict[str, Any], step: str) -> list[s
         f"Split `{cfg['split']}`, baseline `{baseline}`. Perplexity: exp(mean negative log-likelihood) of the "
         f"{first.get('perplexity_tokens', '?')} response tokens of {first.get('samples', '?')} pairs, the prompt as "
         f"context (chat template: {'yes' if payload['chat'].get('chat_template') else 'no'}). Decode speed: greedy, "
-        f"{cfg['max_new_tokens']} new tokens after one prompt, {env['threads']} thread(s), median of "
+        f"{cfg['max_new_tokens']} new tokens after one prompt, {env['threads']} thread(s) for PyTorch (genai folders: "
+        f"the threads in their runtime column), median of "
         f"{cfg['generation_runs']} runs per model interleaved in shuffled order; tokens/s counts the tokens after the "
         f"first, TTFT is prefill plus the first token. CPU: {_cpu_text(env)}."
     )

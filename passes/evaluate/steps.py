@@ -68,7 +68,9 @@ class Evaluate(Pass[EvaluateConfig]):
     """Evaluate classifiers on a dataset split: quality (sklearn), interleaved latency, size; write a report."""
 
     config_class = EvaluateConfig
-    version = 3  # 3: latency times the split's texts as deployed (padding: longest) by default
+    # 3: latency times the split's texts as deployed (padding: longest) by default; 4: genai folders run with
+    # `threads` when set, else their own count capped at the machine's CPUs, and say so in `runtime`/`threads`
+    version = 4
     #: Not measured: every model loaded at once (a PyTorch model at its size, an onnxruntime session at about
     #: twice its file), beside torch, transformers, onnxruntime, scikit-learn and matplotlib (about 600 MB).
     memory = MemoryUse(factor=3.0, base_mb=600)

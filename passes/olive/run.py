@@ -56,8 +56,9 @@ class Olive(Pass[OliveConfig]):
     """
 
     config_class = OliveConfig
-    #: 2: a causal LM's calibration rows are unpadded and rendered as the model is served (`passes.olive.data`)
-    version = 2
+    #: 2: a causal LM's calibration rows are unpadded and rendered as the model is served (`passes.olive.data`);
+    #: 3: a genai folder's inference.py caps the thread count at the machine's CPUs, takes --threads
+    version = 3
     packages = ("olive-ai", "onnxruntime", "onnx", "torch", "transformers")
 
     def run(self, inputs: dict[str, Any], ctx: StepContext) -> dict[str, Any]:

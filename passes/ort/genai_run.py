@@ -2,7 +2,9 @@
 
 API (what the export and evaluate passes call):
 
-- `GenaiSession(dir)`: a genai folder loaded once (`og.Model`, its adapters from adapters.json, its tokenizer).
+- `GenaiSession(dir, threads)`: a genai folder loaded once (`og.Model`, its adapters from adapters.json, its
+  tokenizer), with `threads` onnxruntime threads, else genai_config.json's count at most the CPUs this process
+  may use (what the folder's inference.py runs with); `.threads` is the count it runs with (None: genai's own).
   Token ids always come from the folder's tokenizer through transformers: onnxruntime-genai's own tokenizer
   returns -1 ids for SmolLM2's GGUF-converted tokenizer.json here.
 - `greedy_answer(session, ids, max_new_tokens, adapter)`: a greedy answer stopping at EOS;
@@ -24,6 +26,7 @@ decode rate after it; medians over runs.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from collections.abc import Sequence
@@ -39,14 +42,15 @@ from passes.base import PassError
 class GenaiSession:
     """An onnxruntime-genai folder loaded once: `og.Model`, its adapters (adapters.json) and its tokenizer."""
 
-    def __init__(self, source: Any) -> None:
+    def __init__(self, source: Any, threads: int | None = None) -> None:
         """`source`: a genai folder, or an `og.Model` already loaded (then without adapters or tokenizer)."""
         import onnxruntime_genai as og
 
         self.og = og
+        self.threads: int | None = None
         if isinstance(source, (str, Path)):
             self.folder: Path | None = Path(source)
-            self.model = og.Model(str(self.folder))
+            self.model, self.threads = _load_model(og, self.folder, threads)
             manifest = self.folder / ADAPTERS_FILE
             self.adapter_files: dict[str, str] = json.loads(manifest.read_text()) if manifest.is_file() else {}
         else:
@@ -205,3 +209,33 @@ def speed_summary(runs: Sequence[tuple[float, float]], n: int) -> dict[str, Any]
     return {"tokens_per_second": statistics.median(rates), "time_to_first_token_ms": statistics.median(firsts) * 1000,
             "new_tokens": n, "runs": len(runs)}
 
+
+
+def configured_threads(folder: Path) -> int | None:
+    """genai_config.json's `intra_op_num_threads` (None when the folder sets none)."""
+    config = json.loads((folder / "genai_config.json").read_text())
+    return config.get("model", {}).get("decoder", {}).get("session_options", {}).get("intra_op_num_threads")
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _load_model(og: Any, folder: Path, threads: int | None) -> tuple[Any, int | None]:
+    """The folder's og.Model with `threads`, else its own count capped at this machine's CPUs; and that count.
+
+    The same rule as the folder's inference.py (passes/templates/chat_genai.py, which runs without this
+    package): a folder built on a bigger machine would start more threads than there are cores, and they
+    would wait on each other. genai_config.json itself is left as it is (og.Config.overlay).
+    """
+    configured = configured_threads(folder)
+    chosen = threads or (min(configured, available_cpus()) if configured else None)
+    if chosen is None or chosen == configured:
+        return og.Model(str(folder)), chosen
+    config = og.Config(str(folder))
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": chosen}}}}))
+    return og.Model(config), chosen

@@ -8,14 +8,19 @@ Needs only `pip install onnxruntime-genai`. Loads the folder this script is in (
     python inference.py                              # a chat: one question per line, empty line ends
     python inference.py --adapter tune_a "Hello"     # with a LoRA adapter exported next to the model
     python inference.py --system "Answer briefly." --max-new-tokens 64 "What is AI?"
+    python inference.py --threads 4 "What is AI?"     # onnxruntime threads for this run
 
 The prompt is formatted with the model's chat template (from its tokenizer files) when it has one.
+Threads: genai_config.json holds the count the model was built for (the build machine's cores, or the
+workflow's `target.threads`). On a machine with fewer CPUs that count is lowered to the CPUs this process may
+use: more threads than cores wait on each other (decode ran at half speed here with one core taken).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -32,6 +37,36 @@ def format_prompt(tokenizer: "og.Tokenizer", question: str, system: str | None, 
         return tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
     except Exception:  # no chat template in the tokenizer files: the raw question
         return question
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def thread_count(requested: int | None, configured: int | None, cpus: int) -> int | None:
+    """The onnxruntime threads to run with: `requested`, else the configured count at most `cpus` (None: genai's)."""
+    if requested:
+        return requested
+    return min(configured, cpus) if configured else None
+
+
+def load_model(threads: int | None) -> "og.Model":
+    """The model with `threads` onnxruntime threads, else genai_config.json's count capped at this machine's CPUs."""
+    config = json.loads((HERE / "genai_config.json").read_text())
+    configured = config.get("model", {}).get("decoder", {}).get("session_options", {}).get("intra_op_num_threads")
+    chosen = thread_count(threads, configured, available_cpus())
+    if chosen is None or chosen == configured:
+        return og.Model(str(HERE))
+    if not threads:
+        print(f"genai_config.json asks for {configured} threads and this machine has {available_cpus()} CPUs: "
+              f"using {chosen} (--threads to choose)", file=sys.stderr)
+    og_config = og.Config(str(HERE))  # the folder's config with the thread count replaced, file untouched
+    og_config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": chosen}}}}))
+    return og.Model(og_config)
 
 
 def answer(model: "og.Model", tokenizer: "og.Tokenizer", prompt: str, max_new_tokens: int,
@@ -62,9 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--system", help="a system prompt")
     parser.add_argument("--adapter", help="the name of an .onnx_adapter file next to the model (without extension)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, help="onnxruntime threads (default: genai_config.json's, at most the "
+                        "CPUs this machine has)")
     args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be 1 or more")
 
-    model = og.Model(str(HERE))
+    model = load_model(args.threads)
     tokenizer = og.Tokenizer(model)
     adapters = None
     if args.adapter:

@@ -80,7 +80,9 @@ class EvaluateConfig(StepConfig):
     generation_runs: int = Field(
         5, ge=1, le=1000, description="Causal LMs: timed generations per model for tokens/s (after `warmup` ones)."
     )
-    threads: int | None = Field(None, ge=1, le=256, description="Threads for PyTorch and ONNX Runtime; default: the target's, else all cores.")
+    threads: int | None = Field(None, ge=1, le=256, description="Threads for PyTorch and ONNX Runtime; default: the target's, else all cores. "
+                                  "onnxruntime-genai folders run with their own genai_config.json count (at most this "
+                                  "machine's CPUs, as their inference.py does) unless this is set.")
     goals: dict[str, dict[str, Goal]] = Field(
         default_factory=dict,
         description="Per model step, bounds on its metrics, e.g. {int8: {accuracy: {min: 0.98}, speedup: {min: 4}}}; "

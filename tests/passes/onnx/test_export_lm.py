@@ -131,6 +131,47 @@ def test_genai_export_writes_a_deployable_folder(genai_fp32, tiny_chat_llama_dir
     og.Model(str(folder))  # loads
 
 
+def test_genai_folder_runs_with_the_threads_of_the_machine_at_hand(genai_fp32, tmp_path):
+    """The folder's thread count is the build machine's: inference.py and evaluate (GenaiSession) lower it to the
+    CPUs they may use (more threads than cores wait on each other); `--threads` / evaluate's `threads` choose;
+    genai_config.json stays as it is."""
+    from passes.ort.genai_run import GenaiSession, available_cpus
+
+    import importlib.util
+    import shutil
+    import subprocess
+    import sys
+
+    folder = tmp_path / "moved"
+    shutil.copytree(genai_fp32[0], folder)
+    config = json.loads((folder / "genai_config.json").read_text())
+    config["model"]["decoder"]["session_options"]["intra_op_num_threads"] = 512  # built on a bigger machine
+    (folder / "genai_config.json").write_text(json.dumps(config))
+    spec = importlib.util.spec_from_file_location("deployed_chat", folder / "inference.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.thread_count(None, 512, 2) == 2 and script.thread_count(None, 1, 2) == 1
+    assert script.thread_count(3, 512, 2) == 3 and script.thread_count(None, None, 2) is None
+    # onnxruntime starts its pool threads with the session: capped, the model adds a few threads, not 511
+    threads = lambda: len(list(Path("/proc/self/task").iterdir()))
+    before = threads()
+    model = script.load_model(None)
+    assert threads() - before < 32, threads() - before
+    del model
+
+    run = lambda *args: subprocess.run([sys.executable, str(folder / "inference.py"), "--max-new-tokens", "3", *args],
+                                       capture_output=True, text=True, timeout=120)
+    capped = run("say cash")
+    assert capped.returncode == 0, capped.stderr
+    assert f"asks for 512 threads and this machine has {script.available_cpus()} CPUs: using" in capped.stderr
+    chosen = run("--threads", "1", "say cash")
+    assert chosen.returncode == 0 and "asks for" not in chosen.stderr, chosen.stderr
+    assert run("--threads", "0", "hi").returncode == 2
+    assert GenaiSession(folder).threads == min(512, available_cpus()) == script.available_cpus()
+    assert GenaiSession(folder, threads=1).threads == 1
+    assert json.loads((folder / "genai_config.json").read_text()) == config
+
+
 def test_genai_errors_before_building(tiny_chat_llama_dir, tmp_path):
     with pytest.raises(PassError, match="does not make fp16 models for 'cpu'"):
         export(tiny_chat_llama_dir, tmp_path / "a", precision="fp16", execution_provider="cpu")
@@ -162,7 +203,7 @@ def test_genai_model_is_evaluated_like_pytorch(genai_fp32, tiny_chat_llama_dir, 
                          generation_runs=2, generate_samples=2,
                          metrics=["perplexity", "generate", "tokens_per_second", "time_to_first_token", "size"])
     result = Evaluate(cfg).run({"models": models, "data": qa}, make_ctx("report"))["metrics"]
-    assert result["genai"]["runtime"] == "onnxruntime-genai (cpu)"
+    assert result["genai"]["runtime"] == "onnxruntime-genai (cpu, 1 thread)" and result["genai"]["threads"] == 1
     assert result["genai"]["perplexity"] == pytest.approx(result["llm"]["perplexity"], rel=1e-3)
     assert result["genai"]["tokens_per_second"] > 0 and result["genai"]["size_mb"] > 0
 
