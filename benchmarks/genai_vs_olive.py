@@ -82,6 +82,7 @@ def main() -> int:
     print(f"CPU: {cpu.model} ({cpu.arch}, {psutil.cpu_count()} logical CPUs), instruction set {cpu.isa}")
     quality = evaluate([merged, *models], data, ["perplexity", "size"], 1, args.cache_dir / "report-quality")
     speeds: dict[str, list[float]] = {m.step: [] for m in models}
+    runtimes: dict[str, str] = {}
     for i in range(args.repeat):
         # the machine just before (as `vmstat 1 5` would show it): other work there slows every model
         idle, load = psutil.cpu_times_percent(interval=5).idle, os.getloadavg()[0]
@@ -89,6 +90,7 @@ def main() -> int:
                      args.cache_dir / f"report-speed-{i + 1}")
         for name, r in m.items():
             speeds[name].append(r["tokens_per_second"])
+            runtimes[name] = r.get("runtime", "")
         print(f"repeat {i + 1}: " + ", ".join(f"{n} {r['tokens_per_second']:.1f} tok/s" for n, r in m.items())
               + f"; before it: CPUs {idle:.0f}% idle over 5 s, load average {load:.2f}")
         print("  ours/Olive: " + ", ".join(f"{s} {speeds[s][-1] / speeds[OLIVE][-1]:.2f}x" for s in speeds if s != OLIVE))
@@ -104,6 +106,7 @@ def main() -> int:
         print(f"{model.step:20} {statistics.median(speeds[model.step]):9.1f} {statistics.median(ratios):8.2f}x "
               f"{spread:>13} {q['perplexity']:11.2f} {100 * (q['perplexity'] / fp32 - 1):+7.1f}% {q['size_mb']:6.0f}")
     print(f"(tokens/s: median of {args.repeat} repeats of {args.runs} interleaved runs; reports in {args.cache_dir})")
+    print("runtimes: " + "; ".join(f"{name} {text}" for name, text in runtimes.items()))
     return 0
 
 
