@@ -210,7 +210,6 @@ def speed_summary(runs: Sequence[tuple[float, float]], n: int) -> dict[str, Any]
             "new_tokens": n, "runs": len(runs)}
 
 
-
 def configured_threads(folder: Path) -> int | None:
     """genai_config.json's `intra_op_num_threads` (None when the folder sets none)."""
     config = json.loads((folder / "genai_config.json").read_text())

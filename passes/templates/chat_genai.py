@@ -13,7 +13,7 @@ Needs only `pip install onnxruntime-genai`. Loads the folder this script is in (
 The prompt is formatted with the model's chat template (from its tokenizer files) when it has one.
 Threads: genai_config.json holds the count the model was built for (the build machine's cores, or the
 workflow's `target.threads`). On a machine with fewer CPUs that count is lowered to the CPUs this process may
-use: more threads than cores wait on each other (decode ran at half speed here with one core taken).
+use: more threads than cores wait on each other.
 """
 
 from __future__ import annotations
