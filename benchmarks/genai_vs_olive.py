@@ -7,11 +7,13 @@ precision + GPTQ -> our export, `int4_gptq`; Olive QuaRot + symmetric GPTQ -> ou
 its block scales tuned by distillation (`tune_scales`) -> our export, `int4_tuned`;
 GPTQ takes minutes the first time, all are cached afterwards), exports
 the merged model a second time with Olive's own CLI (`olive capture-onnx-graph --use_model_builder
---precision int4`, its ModelBuilder pass, as a user would run it), then in one process:
+--precision int4`, its ModelBuilder pass, as a user would run it; Olive writes no thread setting, so genai runs
+it on one thread, and a second copy, `olive_int4_threads`, gets ours), then in one process:
 - one `evaluate` step with perplexity and size of merged (PyTorch fp32, the baseline), ours (the recipe's
   `int4`), the chains' `int4_gptq`, `int4_rotated` and `int4_tuned`, and Olive's;
 - `--repeat` evaluate steps timing the int4 folders' greedy decode, interleaved within each step;
-and prints each model's tokens/s ratio to Olive's (the median of the repeats' ratios, and their range),
+and prints each model's tokens/s ratio to Olive's (the median of the repeats' ratios, and their range; and to
+Olive's with our thread setting),
 its perplexity against fp32 (%), its size, with the machine state before each repeat (CPU model,
 instruction set, idle % of the CPUs over 5 s, load).
 
@@ -35,6 +37,9 @@ from benchmarks.recipes import ENV, ROOT, run_recipe  # noqa: E402
 
 RECIPES = ROOT / "pipelines" / "recipes"
 OLIVE = "olive_builder_int4"
+#: Olive's folder with the thread count ours gets (the machine's cores) written into its genai_config.json: what a
+#: user of Olive's output could set by hand. Ratios to it show what our formats give beyond the thread setting.
+OLIVE_THREADS = "olive_int4_threads"
 
 
 def evaluate(models: list, data, metrics: list[str], runs: int, report: Path) -> dict:
@@ -63,7 +68,9 @@ def main() -> int:
     import psutil
 
     from passes.base import Artifact
+    from passes.ort.genai_build import set_threads
     from passes.ort.isa import cpu_info
+    from passes.ort.sessions import cpu_cores
 
     merged, ours, data = run_recipe(RECIPES / "chat-smollm2-int4.yaml", args.cache_dir, ("merged", "int4", "qa"))
     models = [ours]
@@ -75,12 +82,22 @@ def main() -> int:
         subprocess.run(["olive", "capture-onnx-graph", "-m", str(merged.path), "--use_model_builder", "--precision",
                         "int4", "-o", str(olive_dir)], check=True, env=ENV, capture_output=True,
                        cwd=args.cache_dir)  # Olive writes its own .olive-cache in the working folder
-    models.append(Artifact(kind="onnx_model", path=olive_dir, meta={"task": "causal-lm", "format": "genai"},
-                           digest="olive", step=OLIVE))
+    threaded = olive_dir.with_name(olive_dir.name + "-threads")
+    threaded.mkdir(exist_ok=True)
+    for item in olive_dir.iterdir():  # the same files (links), but a genai_config.json of its own
+        if item.name != "genai_config.json" and not (threaded / item.name).exists():
+            (threaded / item.name).symlink_to(item.resolve())
+    shutil.copyfile(olive_dir / "genai_config.json", threaded / "genai_config.json")
+    set_threads(threaded, cpu_cores())
+    for step, folder in ((OLIVE, olive_dir), (OLIVE_THREADS, threaded)):
+        models.append(Artifact(kind="onnx_model", path=folder, meta={"task": "causal-lm", "format": "genai"},
+                               digest=step, step=step))
 
     cpu = cpu_info()
     print(f"CPU: {cpu.model} ({cpu.arch}, {psutil.cpu_count()} logical CPUs), instruction set {cpu.isa}")
-    quality = evaluate([merged, *models], data, ["perplexity", "size"], 1, args.cache_dir / "report-quality")
+    quality = evaluate([merged, *[m for m in models if m.step != OLIVE_THREADS]], data, ["perplexity", "size"], 1,
+                       args.cache_dir / "report-quality")
+    quality[OLIVE_THREADS] = quality[OLIVE]  # the same weights and graph
     speeds: dict[str, list[float]] = {m.step: [] for m in models}
     runtimes: dict[str, str] = {}
     for i in range(args.repeat):
@@ -93,18 +110,26 @@ def main() -> int:
             runtimes[name] = r.get("runtime", "")
         print(f"repeat {i + 1}: " + ", ".join(f"{n} {r['tokens_per_second']:.1f} tok/s" for n, r in m.items())
               + f"; before it: CPUs {idle:.0f}% idle over 5 s, load average {load:.2f}")
-        print("  ours/Olive: " + ", ".join(f"{s} {speeds[s][-1] / speeds[OLIVE][-1]:.2f}x" for s in speeds if s != OLIVE))
+        print("  ours/Olive: " + ", ".join(f"{s} {speeds[s][-1] / speeds[OLIVE][-1]:.2f}x" for s in speeds if s != OLIVE)
+              + "; ours/Olive with our threads: "
+              + ", ".join(f"{s} {speeds[s][-1] / speeds[OLIVE_THREADS][-1]:.2f}x" for s in speeds if "olive" not in s))
     fp32 = quality["merged"]["perplexity"]
     # Each repeat's ratio pairs two rates measured in the same minutes: their median is steadier than a ratio
     # of medians, and their range shows this machine's noise (two folders of one format differ only by it).
-    print(f"\n{'model':20} {'tokens/s':>9} {'vs Olive':>9} {'(range)':>13} {'perplexity':>11} {'vs fp32':>8} {'MB':>6}")
-    print(f"{'merged (fp32)':20} {'':>9} {'':>9} {'':>13} {fp32:11.2f} {'':>8} {quality['merged']['size_mb']:6.0f}")
+    print(f"\n{'model':20} {'tokens/s':>9} {'vs Olive':>9} {'(range)':>13} {'vs Olive+thr':>13} {'perplexity':>11} "
+          f"{'vs fp32':>8} {'MB':>6}")
+    print(f"{'merged (fp32)':20} {'':>9} {'':>9} {'':>13} {'':>13} {fp32:11.2f} {'':>8} {quality['merged']['size_mb']:6.0f}")
+
+    def ratio(name: str, base: str) -> tuple[float, str]:
+        values = [a / b for a, b in zip(speeds[name], speeds[base])]
+        return statistics.median(values), f"{min(values):.2f}-{max(values):.2f}x"
+
     for model in models:
         q = quality[model.step]
-        ratios = [a / b for a, b in zip(speeds[model.step], speeds[OLIVE])]
-        spread = f"{min(ratios):.2f}-{max(ratios):.2f}x"
-        print(f"{model.step:20} {statistics.median(speeds[model.step]):9.1f} {statistics.median(ratios):8.2f}x "
-              f"{spread:>13} {q['perplexity']:11.2f} {100 * (q['perplexity'] / fp32 - 1):+7.1f}% {q['size_mb']:6.0f}")
+        (shipped, spread), (threaded_ratio, _) = ratio(model.step, OLIVE), ratio(model.step, OLIVE_THREADS)
+        print(f"{model.step:20} {statistics.median(speeds[model.step]):9.1f} {shipped:8.2f}x {spread:>13} "
+              f"{threaded_ratio:12.2f}x {q['perplexity']:11.2f} {100 * (q['perplexity'] / fp32 - 1):+7.1f}% "
+              f"{q['size_mb']:6.0f}")
     print(f"(tokens/s: median of {args.repeat} repeats of {args.runs} interleaved runs; reports in {args.cache_dir})")
     print("runtimes: " + "; ".join(f"{name} {text}" for name, text in runtimes.items()))
     return 0
