@@ -26,7 +26,6 @@ decode rate after it; medians over runs.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import time
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ from typing import Any
 from passes.hf.chat import encode_prompt
 from passes.hf.loading import load_tokenizer
 from passes.ort.genai_adapters import ADAPTERS_FILE
+from passes.ort.sessions import cpu_cores
 from passes.base import PassError
 
 
@@ -216,14 +216,6 @@ def configured_threads(folder: Path) -> int | None:
     return config.get("model", {}).get("decoder", {}).get("session_options", {}).get("intra_op_num_threads")
 
 
-def available_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
 def _load_model(og: Any, folder: Path, threads: int | None) -> tuple[Any, int | None]:
     """The folder's og.Model with `threads`, else its own count capped at this machine's CPUs; and that count.
 
@@ -232,7 +224,7 @@ def _load_model(og: Any, folder: Path, threads: int | None) -> tuple[Any, int | 
     would wait on each other. genai_config.json itself is left as it is (og.Config.overlay).
     """
     configured = configured_threads(folder)
-    chosen = threads or (min(configured, available_cpus()) if configured else None)
+    chosen = threads or (min(configured, cpu_cores()) if configured else None)
     if chosen is None or chosen == configured:
         return og.Model(str(folder)), chosen
     config = og.Config(str(folder))

@@ -135,7 +135,8 @@ def test_genai_folder_runs_with_the_threads_of_the_machine_at_hand(genai_fp32, t
     """The folder's thread count is the build machine's: inference.py and evaluate (GenaiSession) lower it to the
     CPUs they may use (more threads than cores wait on each other); `--threads` / evaluate's `threads` choose;
     genai_config.json stays as it is."""
-    from passes.ort.genai_run import GenaiSession, available_cpus
+    from passes.ort.genai_run import GenaiSession
+    from passes.ort.sessions import cpu_cores
 
     import importlib.util
     import shutil
@@ -167,7 +168,7 @@ def test_genai_folder_runs_with_the_threads_of_the_machine_at_hand(genai_fp32, t
     chosen = run("--threads", "1", "say cash")
     assert chosen.returncode == 0 and "asks for" not in chosen.stderr, chosen.stderr
     assert run("--threads", "0", "hi").returncode == 2
-    assert GenaiSession(folder).threads == min(512, available_cpus()) == script.available_cpus()
+    assert GenaiSession(folder).threads == min(512, cpu_cores()) == script.available_cpus()
     assert GenaiSession(folder, threads=1).threads == 1
     assert json.loads((folder / "genai_config.json").read_text()) == config
 
