@@ -76,6 +76,7 @@ def keyed_config(config: StepConfig) -> dict:
     # `target` (a step's override) is keyed as the effective target, and only where the pass uses it.
     # How a step runs (isolation, resources) never changes what it produces.
     drop = set(config.key_exclude) | set(config.reference_fields()) | set(config.path_fields()) | {"target"} | RUN_FIELDS
+    drop |= {name for name in config.key_omit_when_empty if not getattr(config, name)}
     return config.model_dump(mode="json", exclude=drop)
 
 

@@ -174,6 +174,9 @@ class StepConfig(StrictModel):
     output_kind: ClassVar[str] = ""
     #: Fields that do not change the result (logging, progress): left out of the cache key.
     key_exclude: ClassVar[frozenset[str]] = frozenset()
+    #: Fields left out of the cache key while empty: a field added later keeps the keys (and cache entries) of
+    #: the workflows that do not set it.
+    key_omit_when_empty: ClassVar[frozenset[str]] = frozenset()
     #: Whether the result depends on the workflow's target (device / providers); if so it is keyed.
     uses_target: ClassVar[bool] = False
     #: Whether, on a cpu target, the result depends on the CPU instruction set built for (`target.isa`).

@@ -69,7 +69,8 @@ class Olive(Pass[OliveConfig]):
         pass_cls = _pass_class(cfg.pass_name)
         with tempfile.TemporaryDirectory(prefix=f"olive-{ctx.step}-") as tmp:
             work = Path(tmp)
-            options, data_note = _pass_options(cfg, pass_cls, source, dataset, work, ctx)
+            isa = _built_for(cfg, ctx)
+            options, data_note = _pass_options(cfg, pass_cls, source, dataset, work, ctx, isa)
             capture = _Capture(ctx.log)
             with capture:
                 olive_pass = _build(pass_cls, options, ctx)
@@ -81,7 +82,7 @@ class Olive(Pass[OliveConfig]):
             except BaseException:
                 _empty(ctx.out_dir)
                 raise
-        return _meta(cfg, olive_pass, facts, data_note, ctx)
+        return _meta(cfg, olive_pass, facts, data_note, ctx, isa)
 
 
 def _pass_class(name: str) -> type:
@@ -108,12 +109,13 @@ def _takes_data(pass_cls: type) -> bool:
 
 
 def _pass_options(cfg: OliveConfig, pass_cls: type, source: Artifact, dataset: Artifact | None, work: Path,
-                  ctx: StepContext) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """The pass's config dict: the step's `config`, plus a data config over our dataset when `data` is set."""
+                  ctx: StepContext, isa: str | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The pass's config dict: the step's `config` (with `isa`'s `config_by_isa`), plus a data config over our
+    dataset when `data` is set."""
     from passes.olive import data as data_mod
     from passes.olive.kinds import our_task
 
-    options = dict(cfg.config)
+    options = cfg.config_for(isa)
     if dataset is None:
         return options, None
     if not _takes_data(pass_cls):
@@ -124,6 +126,18 @@ def _pass_options(cfg: OliveConfig, pass_cls: type, source: Artifact, dataset: A
         dataset, cfg.split, cfg.samples, Path(source.path), our_task(source) == "causal-lm", work)
     ctx.log(f"data: {rows} rows of {dataset.step!r} ({cfg.split})")
     return options, {"step": dataset.step, "split": cfg.split, "rows": rows}
+
+
+def _built_for(cfg: OliveConfig, ctx: StepContext) -> str | None:
+    """The instruction set whose `config_by_isa` entry applies: the cpu target's (`auto`: this machine's)."""
+    from passes.ort.isa import resolve
+
+    if not cfg.config_by_isa or ctx.target.device != "cpu":
+        return None
+    isa = resolve(ctx.target.isa)
+    if isa in cfg.config_by_isa:
+        ctx.log(f"config for {isa}: {cfg.config_by_isa[isa]} (config_by_isa)")  # type: ignore[index]
+    return isa
 
 
 def _build(pass_cls: type, options: dict[str, Any], ctx: StepContext) -> Any:
@@ -246,7 +260,7 @@ def _check_genai(ctx: StepContext) -> None:
 
 
 def _meta(cfg: OliveConfig, olive_pass: Any, facts: dict[str, Any], data_note: dict | None,
-          ctx: StepContext) -> dict[str, Any]:
+          ctx: StepContext, isa: str | None) -> dict[str, Any]:
     import olive
 
     name = type(olive_pass).__name__
@@ -263,6 +277,7 @@ def _meta(cfg: OliveConfig, olive_pass: Any, facts: dict[str, Any], data_note: d
     return {
         **facts,
         "olive": {"pass": name, "config": full, "version": olive.__version__, "data": data_note},
+        **({"choices": {"isa": isa, "config_by_isa": cfg.config_by_isa}} if cfg.config_by_isa else {}),
         "summary": f"Olive {name} -> {kind} ({fmt}), {facts['size_mb']:.1f} MB" + (f"; {detail}" if detail else ""),
         "metrics": {"size_mb": facts["size_mb"]},
     }

@@ -14,6 +14,7 @@ from pydantic import ConfigDict, Field, ValidationError, ValidationInfo, field_v
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ..base import Dataset, HfModel, OnnxModel, Ref, StepConfig
+from ..target import IsaName
 from ..olive_manifest import canonical_pass_name, data_params, olive_pass, olive_passes, takes_data, value_problem
 from ..registry import register_step
 from ..suggest import did_you_mean
@@ -43,9 +44,24 @@ class OliveConfig(StepConfig):
     config: dict[str, Any] = Field(
         default_factory=dict, description="The pass's parameters (checked against the manifest)."
     )
+    config_by_isa: dict[IsaName, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Parameters over `config` when the step builds for a cpu target of that instruction set "
+                    "(`target.isa`, detected by default), e.g. the GPTQ block format the CPU's int4 kernel runs fastest: "
+                    "`{avx512_vnni: {group_size: 64, sym: false}}`. The instruction set is then part of the cache key.")
 
     output_kind: ClassVar[str] = "onnx_model"  # the class's default; an instance produces what its pass produces
     uses_target: ClassVar[bool] = True
+    key_omit_when_empty: ClassVar[frozenset[str]] = frozenset({"config_by_isa"})
+
+    @property
+    def uses_isa(self) -> bool:  # type: ignore[override]
+        """Only a step with per-ISA parameters depends on the CPU (other Olive steps keep their keys)."""
+        return bool(self.config_by_isa)
+
+    def config_for(self, isa: str | None) -> dict[str, Any]:
+        """The pass's parameters on `isa` (None: not a cpu build): `config`, then that ISA's `config_by_isa`."""
+        return {**self.config, **(self.config_by_isa.get(isa, {}) if isa else {})}  # type: ignore[call-overload]
 
     def produced_kind(self) -> str:
         """The kind this step produces: its pass's (hf_model for Gptq/Awq/QuaRot/LoRA, onnx_model for ONNX passes)."""
@@ -92,27 +108,50 @@ class OliveConfig(StepConfig):
         entry = olive_pass(info.data.get("pass_name", ""))
         if entry is None:
             return config
-        params, name, problems = entry["params"], entry["name"], []
-        for key, value in config.items():
-            param = params.get(key)
-            if str(key).endswith("data_config"):
-                problems.append(((key,), _error("olive_param", f"{key} is built from the step's `data` and `split`",
-                                                "set `data: <a load_data step>` on the step instead", at_key=True), value))
-            elif param is None:
-                hint = did_you_mean(str(key), params) or f"`pipeline passes olive/{name}` lists its parameters"
-                problems.append(((key,), _error("olive_param", f"unknown parameter {key!r} of Olive pass {name}",
-                                                hint, at_key=True), value))
-            elif (problem := value_problem(param, value)) is not None:
-                problems.append(((key,), _error("olive_value", problem, param["description"] or None), value))
-        for key, param in params.items():
-            if param["required"] and key not in config and key not in data_params(entry):
-                problems.append(((), _error("olive_param", f"missing required parameter {key!r} of Olive pass {name}",
-                                            param["description"] or None), config))
-        if problems:
-            raise ValidationError.from_exception_data(
-                "OliveConfig.config", [InitErrorDetails(type=err, loc=loc, input=value) for loc, err, value in problems]
-            )
+        _raise_problems("OliveConfig.config", _param_problems(entry, config, ()) + _missing(entry, config))
         return config
+
+    @field_validator("config_by_isa")
+    @classmethod
+    def _isa_configs_as_the_manifest_says(cls, by_isa: dict[str, dict[str, Any]],
+                                          info: ValidationInfo) -> dict[str, dict[str, Any]]:
+        entry = olive_pass(info.data.get("pass_name", ""))
+        if entry is None:
+            return by_isa
+        _raise_problems("OliveConfig.config_by_isa",
+                        [p for isa, config in by_isa.items() for p in _param_problems(entry, config, (isa,))])
+        return by_isa
+
+
+def _param_problems(entry: dict, config: dict[str, Any], at: tuple) -> list[tuple]:
+    """(location, error, value) for each key of `config` the pass does not take or a value it refuses."""
+    params, name, problems = entry["params"], entry["name"], []
+    for key, value in config.items():
+        param = params.get(key)
+        if str(key).endswith("data_config"):
+            problems.append(((*at, key), _error("olive_param", f"{key} is built from the step's `data` and `split`",
+                                                "set `data: <a load_data step>` on the step instead", at_key=True), value))
+        elif param is None:
+            hint = did_you_mean(str(key), params) or f"`pipeline passes olive/{name}` lists its parameters"
+            problems.append(((*at, key), _error("olive_param", f"unknown parameter {key!r} of Olive pass {name}",
+                                                hint, at_key=True), value))
+        elif (problem := value_problem(param, value)) is not None:
+            problems.append(((*at, key), _error("olive_value", problem, param["description"] or None), value))
+    return problems
+
+
+def _missing(entry: dict, config: dict[str, Any]) -> list[tuple]:
+    """(location, error, value) for each required parameter `config` leaves out."""
+    return [((), _error("olive_param", f"missing required parameter {key!r} of Olive pass {entry['name']}",
+                        param["description"] or None), config)
+            for key, param in entry["params"].items()
+            if param["required"] and key not in config and key not in data_params(entry)]
+
+
+def _raise_problems(title: str, problems: list[tuple]) -> None:
+    if problems:
+        raise ValidationError.from_exception_data(
+            title, [InitErrorDetails(type=err, loc=loc, input=value) for loc, err, value in problems])
 
 
 def _handlers(entry: dict) -> str:

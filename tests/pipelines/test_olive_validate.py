@@ -77,6 +77,13 @@ def test_the_issues_example_validates_and_each_step_produces_its_pass_kind(tmp_p
      ["steps.q.data: Olive pass ModelBuilder takes no data"]),
     ("  q: {type: olive, pass: SplitModel, model: base}\n",
      ["steps.q.pass: Olive pass SplitModel works on ONNXModelHandler -> CompositeModelHandler"]),
+    ("  q:\n    type: olive\n    pass: Gptq\n    model: base\n    config_by_isa:\n      avx512_vnni: {group_sise: 64}\n",
+     ["wf.yaml:11:21: steps.q.config_by_isa.avx512_vnni.group_sise: unknown parameter 'group_sise' of Olive pass Gptq",
+      "hint: did you mean 'group_size'?"]),
+    ("  q: {type: olive, pass: Gptq, model: base, config_by_isa: {avx2: {bits: 3}}}\n",
+     ["steps.q.config_by_isa.avx2.bits: 3 is not one of 2, 4, 8, 16, 32"]),
+    ("  q: {type: olive, pass: Gptq, model: base, config_by_isa: {avx9: {bits: 4}}}\n",
+     ["steps.q.config_by_isa", "avx9", "avx512_vnni"]),
 ])
 def test_olive_mistakes_are_errors_at_their_place(tmp_path, step, expected):
     messages = "\n".join(_errors(_project(tmp_path, step)))
@@ -133,3 +140,25 @@ def test_pipeline_passes_olive_lists_and_shows(capsys):
     assert "olive/Gptq: GPTQ quantization." in out and "group_size" in out and "data_config" not in out
     assert cli("passes", "olive/Gptqq") == 2
     assert "did you mean 'Gptq'?" in capsys.readouterr().err
+
+
+def test_config_by_isa_keys_the_step_by_the_instruction_set_only_when_set(tmp_path):
+    """Per-ISA parameters apply over `config` on that ISA; only a step that has them is keyed by the CPU."""
+    from runner.keys import keyed_config
+
+    wf = _project(tmp_path, """\
+  plain: {type: olive, pass: Gptq, model: base, data: calib, config: {bits: 4, group_size: 32}}
+  per_isa:
+    type: olive
+    pass: Gptq
+    model: base
+    data: calib
+    config: {bits: 4, group_size: 32, sym: true}
+    config_by_isa: {avx512_vnni: {group_size: 64, sym: false}}
+""")
+    steps = load_workflow(wf).workflow.steps
+    plain, per_isa = steps["plain"], steps["per_isa"]
+    assert not plain.uses_isa and "config_by_isa" not in keyed_config(plain)  # keys as before the field existed
+    assert per_isa.uses_isa and keyed_config(per_isa)["config_by_isa"] == {"avx512_vnni": {"group_size": 64, "sym": False}}
+    assert per_isa.config_for("avx512_vnni") == {"bits": 4, "group_size": 64, "sym": False}
+    assert per_isa.config_for("avx2") == per_isa.config_for(None) == {"bits": 4, "group_size": 32, "sym": True}

@@ -60,6 +60,19 @@ def test_onnx_dynamic_quantization(tiny_onnx_classifier, make_ctx):
     assert "Olive OnnxDynamicQuantization -> onnx_model" in meta["summary"] and meta["metrics"]["size_mb"] > 0
 
 
+@pytest.mark.parametrize("isa, per_channel", [("avx2", False), ("avx512_vnni", True)])
+def test_config_by_isa_applies_the_target_instruction_sets_parameters(tiny_onnx_classifier, make_ctx, isa, per_channel):
+    from schemas import Target
+
+    ctx = make_ctx(f"dyn-{isa}", target=Target(device="cpu", isa=isa))
+    step = _step("OnnxDynamicQuantization", {"per_channel": False}, config_by_isa={"avx512_vnni": {"per_channel": True}})
+    meta = _run(step, {"model": tiny_onnx_classifier}, ctx)
+    assert meta["olive"]["config"]["per_channel"] is per_channel  # what Olive ran with
+    assert meta["choices"] == {"isa": isa, "config_by_isa": {"avx512_vnni": {"per_channel": True}}}
+    assert any("config for avx512_vnni" in line for line in ctx.lines) is per_channel
+    assert run_onnx(ctx.out_dir).shape == (3, 2)
+
+
 def test_onnx_static_quantization_calibrated_on_our_dataset(tiny_onnx_classifier, tiny_dataset, make_ctx):
     ctx = make_ctx("static")
     step = _step("OnnxStaticQuantization", {"quant_format": "QDQ"}, data="data", split="validation", samples=8)
