@@ -78,8 +78,8 @@ MANAGED_OPTIONS = ("adapter_path", "filename", "config_only", "exclude_embeds", 
 #: against Olive 0.13's export in one evaluate step: block 64 + "sensitive" + every layer's QKV in 8 bits, +12%
 #: perplexity at 1.45x Olive's tokens/s, 222 MB). Measured again on a Zen 4 (AVX512-VNNI, 2 cores) with the int4
 #: embedding (`benchmarks/genai_vs_olive.py`, 3 interleaved steps): 12.27 (+12%), 108 MB, 1.23-1.28x Olive's folder
-#: as shipped, 0.89-0.97x Olive's with our threads. There MLAS ran blocks of 64 ~1.25x faster than 32 and 8-bit
-#: MatMulNBits ~1.4x slower than 4-bit at the same block (`benchmarks/nbits_kernels.py`): block 64 pays for the
+#: as shipped, 0.89-0.97x Olive's with our threads. There MLAS ran blocks of 64 1.16-1.46x faster than 32 and 8-bit
+#: MatMulNBits 1.1-1.6x slower than 4-bit at the same block (`benchmarks/nbits_kernels.py`): block 64 pays for the
 #: 8-bit layers, which keep perplexity at +12% (every layer int4 asymmetric block 64: 15.57). Within 8% of fp32 and
 #: 1.5x Olive takes calibration: the gptq recipe's `int4_tuned` (asymmetric GPTQ block 64 on VNNI, `config_by_isa`).
 _VNNI_INT4_OPTIONS: dict[str, Any] = {"int4_block_size": 64, "int4_is_symmetric": False, "int4_accuracy_level": 4,
