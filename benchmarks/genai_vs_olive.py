@@ -3,7 +3,7 @@
     python benchmarks/genai_vs_olive.py [--cache-dir DIR] [--runs N] [--repeat N] [--no-gptq]
 
 Runs the chat recipe and the calibrated chains (pipelines/recipes/chat-smollm2-gptq.yaml: Olive mixed
-precision + GPTQ -> our export, `int4_gptq`; Olive QuaRot + symmetric GPTQ -> our export, `int4_rotated`, and
+precision + GPTQ -> our export, `int4_gptq`; Olive QuaRot + all-int4 GPTQ in the CPU's fastest format -> our export, `int4_rotated`, and
 its block scales tuned by distillation (`tune_scales`) -> our export, `int4_tuned`;
 GPTQ takes minutes the first time, all are cached afterwards), exports
 the merged model a second time with Olive's own CLI (`olive capture-onnx-graph --use_model_builder

@@ -5,7 +5,8 @@
 The int4 options `passes/ort/genai_build.py` picks per instruction set come from measurements like these.
 A decode step of a small LM is a GEMV per weight matrix (one row of activations), so which MatMulNBits
 format MLAS runs fastest on the CPU at hand decides most of the tokens/s: on an AVX2 host without VNNI
-the block size did not matter, on a Zen 4 with AVX512-VNNI blocks of 64 ran ~1.25x faster than 32.
+the block size did not matter; on a Zen 4 with AVX512-VNNI blocks of 64 ran 1.16-1.19x faster than 32 at 2 threads
+(1.20-1.46x at one) and 8-bit layers 1.1-1.6x slower than 4-bit ones.
 
 The graph holds the MatMulNBits calls of one decode step of SmolLM2-135M as our export writes it
 (`--shapes` for another model): per layer QKV (576 -> 960), o_proj (576 -> 576), the fused gate + up

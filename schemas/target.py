@@ -20,10 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from .errors import PipelineError
 
 Device = Literal["cpu", "gpu", "npu"]
-#: CPU instruction-set classes a cpu target can be built for (passes/ort/isa.py detects this machine's).
-CpuIsa = Literal["auto", "avx512_vnni", "avx2_vnni", "avx512", "avx2", "x86", "arm64", "generic"]
-#: The instruction sets themselves (what `auto` resolves to), e.g. as keys of per-ISA settings.
+#: The CPU instruction-set classes (what `auto` resolves to; passes/ort/isa.py detects this machine's), e.g. as
+#: keys of per-ISA settings.
 IsaName = Literal["avx512_vnni", "avx2_vnni", "avx512", "avx2", "x86", "arm64", "generic"]
+#: What a cpu target can be built for: `auto` (the machine that runs the step) or one of them.
+CpuIsa = Literal["auto", IsaName]  # nested Literals flatten
 CPU = "CPUExecutionProvider"
 
 #: Candidate providers per device, in order of preference (the first available one is used).

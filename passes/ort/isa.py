@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import get_args
 
-from schemas.target import CpuIsa
+from schemas.target import IsaName
 
 #: ISA names (as `target.isa` takes them, without `auto`), fastest int8 path first within each architecture.
-ISAS = tuple(name for name in get_args(CpuIsa) if name != "auto")
+ISAS = get_args(IsaName)
 #: ISAs whose int8 dot product accumulates in 32 bits (no saturation with full-range int8 weights).
 EXACT_INT8 = frozenset({"avx512_vnni", "avx2_vnni", "arm64"})
 

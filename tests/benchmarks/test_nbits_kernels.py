@@ -37,7 +37,8 @@ def reference(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> list[np.nd
 
 @pytest.mark.parametrize("name", list(FORMATS))
 def test_each_format_runs_the_weights_it_packs(name):
-    ort = pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
     bits, block, symmetric = FORMATS[name]
     shapes = [(96, 16), (64, 8), (96, 16)]  # 96 is not a multiple of 64 or 128: a padded last block
     data = nbits_graph(shapes, bits, block, symmetric)
