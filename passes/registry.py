@@ -22,6 +22,7 @@ BUILTIN_PASSES = {
     "finetune": "passes.train.steps",
     "merge_adapter": "passes.train.steps",
     "tune_scales": "passes.train.scales",
+    "prune": "passes.train.prune",
     "export_onnx": "passes.onnx.export",
     "optimize_onnx": "passes.onnx.optimize",
     "quantize": "passes.onnx.quantize",

@@ -12,6 +12,7 @@ attention mask is kept (not reduced to a per-row length), so left padding stays 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,6 +35,17 @@ def heads_and_hidden(config: Any) -> tuple[int, int]:
     """Attention heads and hidden size from a config (0 lets the optimizer read them from the graph)."""
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", None) or getattr(config, "n_head", None) or 0
     hidden = getattr(config, "hidden_size", None) or getattr(config, "dim", None) or getattr(config, "n_embd", None) or 0
+    pruned = getattr(config, "pruned_heads", None)
+    if pruned and heads and hidden:
+        # A `prune` step's model: every layer kept the same heads count, so the attention is that many heads of
+        # the same size (hidden is the attention's width). Uneven pruning: 0, the optimizer reads each layer's.
+        counts = {len(v) for v in pruned.values()}
+        layers = getattr(config, "num_hidden_layers", None)
+        if len(counts) != 1 or len(pruned) != layers:
+            return 0, 0
+        head_size = int(hidden) // int(heads)
+        heads = int(heads) - counts.pop()
+        hidden = heads * head_size
     return int(heads), int(hidden)
 
 
@@ -56,20 +68,36 @@ def fusion_options(model_type: str, skip_layer_norm: bool, switches: dict[str, b
     return options
 
 
+def _optimizer_loggers() -> list[logging.Logger]:
+    """The transformer optimizer's loggers: its package's, and its fusion modules' (they import each other as
+    top-level modules, `fusion_attention`, and log under those names: a pruned model's attention, narrower than
+    the hidden size, warns there on every layer although the fusion is right)."""
+    import sys
+
+    names = ["onnxruntime.transformers"]
+    for name, module in list(sys.modules.items()):
+        where = getattr(module, "__file__", None) or ""
+        if "." not in name and f"onnxruntime{os.sep}transformers{os.sep}" in where:
+            names.append(name)
+    return [logging.getLogger(name) for name in names]
+
+
 def fuse(src: Path, model_type: str, config: Any, options: Any, use_gpu: bool = False) -> Any:
     """The transformer optimizer's fusions on `src` (no onnxruntime graph optimization): its OnnxModel."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     heads, hidden = heads_and_hidden(config)
-    optimizer_log = logging.getLogger("onnxruntime.transformers")
-    level = optimizer_log.level
-    optimizer_log.setLevel(logging.ERROR)  # it narrates every fusion at INFO/WARNING
+    loggers = _optimizer_loggers()
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)  # it narrates every fusion at INFO/WARNING
     try:
         # opt_level 0: only the Python fusions; onnxruntime's own graph optimizations run at load time.
         fused = optimize_model(str(src), model_type=model_type, num_heads=heads, hidden_size=hidden,
                                optimization_options=options, opt_level=0, use_gpu=use_gpu)
     finally:
-        optimizer_log.setLevel(level)
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
     files.name_unnamed_nodes(fused.model)
     return fused
 

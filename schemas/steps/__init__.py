@@ -5,6 +5,7 @@ from .evaluate import EvaluateConfig
 from .model import ModelConfig
 from .olive import OliveConfig
 from .select import SelectConfig
+from .prune import PruneConfig
 from .onnx import ExportOnnxConfig, OptimizeOnnxConfig, QuantizeConfig, QuantPlan
 from .tune import TuneSessionConfig
 from .train import FinetuneConfig, LoraConfig, MergeAdapterConfig, QloraConfig, TrainingSettings, TuneScalesConfig
@@ -19,6 +20,7 @@ __all__ = [
     "ModelConfig",
     "OliveConfig",
     "OptimizeOnnxConfig",
+    "PruneConfig",
     "QloraConfig",
     "QuantizeConfig",
     "QuantPlan",

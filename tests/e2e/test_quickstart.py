@@ -1,7 +1,7 @@
 """The README's quickstart end to end on the real MiniLM and the real SMS spam data (slow, run by CI).
 
-A reduced run of the recipe (`--set`: 1500 rows, 40 LoRA steps, 30 timed runs per model) that still
-goes through every step: it proves the path, the deployable folder, the report, the goals and the cache,
+A reduced run of the recipe (`--set`: 1500 rows, 80 LoRA steps, 30 timed runs per model) that still
+goes through every step (prune included): it proves the path, the deployable folder, the report, the goals and the cache,
 and checks the int8 model by its structure (fused attention, int8 MatMuls, no SkipLayerNormalization),
 not by a latency ratio: a loaded or throttled CI machine must not fail a test. The full recipe's figures
 (accuracy 0.990, 4.4x PyTorch) are in the README and come from `pipeline run` on the whole recipe.
@@ -14,13 +14,14 @@ import os
 import subprocess
 import sys
 
+import onnx
 import pytest
 
 from tests.builders import ROOT, op_counts
 
 RECIPE = ROOT / "pipelines" / "recipes" / "spam-minilm-int8.yaml"
 #: Fewer rows and steps than the recipe: minutes on a slow 2-core machine instead of a quarter hour.
-REDUCED = ["steps.sms.max_samples=1500", "steps.tune.max_steps=40", 'steps.tune.eval_strategy="no"',
+REDUCED = ["steps.sms.max_samples=1500", "steps.tune.max_steps=80", 'steps.tune.eval_strategy="no"',
            "steps.report.repeats=30", "steps.report.blocks=3", "steps.report.warmup=3"]
 MINILM_LAYERS = 6
 
@@ -48,7 +49,10 @@ def test_quickstart_runs_every_step_and_reports(quickstart):
     folder, _, _ = quickstart
     doc = json.loads((folder / "out" / "run.json").read_text())
     assert doc["status"] == "ok"
-    assert set(doc["steps"]) == {"base", "sms", "tune", "merged", "onnx", "int8", "report"}
+    assert set(doc["steps"]) == {"base", "sms", "tune", "merged", "pruned", "onnx", "int8", "report"}
+    pruned = doc["steps"]["pruned"]["meta"]
+    assert (pruned["heads_kept"], pruned["heads_total"], pruned["ffn_kept"], pruned["ffn_total"]) == (6, 12, 384, 1536)
+    assert pruned["accuracy_drop_pt"] <= 1.0 and pruned["num_parameters"] < pruned["num_parameters_before"]
     m = doc["metrics"]["report"]
     merged, onnx, int8 = m["merged"], m["onnx"], m["int8"]
     print(json.dumps({k: {x: v.get(x) for x in ("accuracy", "f1", "latency_p50_ms", "speedup", "size_mb")}
@@ -72,7 +76,7 @@ def test_quickstart_runs_every_step_and_reports(quickstart):
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_quickstart_int8_model_has_the_fast_structure(quickstart):
-    """What made int8 4.4x PyTorch, checked by structure: fused attention, int8 weights, SkipLayerNorm unfused."""
+    """What makes int8 fast, checked by structure: fused attention, int8 weights, SkipLayerNorm unfused, pruned shapes."""
     folder, _, _ = quickstart
     int8 = op_counts(folder / "out" / "model")
     assert int8["QAttention"] + int8["Attention"] == MINILM_LAYERS, int8
@@ -81,6 +85,13 @@ def test_quickstart_int8_model_has_the_fast_structure(quickstart):
     assert int8["DynamicQuantizeMatMul"] + int8["MatMulInteger"] >= 3 * MINILM_LAYERS, int8
     assert int8["SkipLayerNormalization"] == 0  # slow on this CPU: kept unfused (PERFORMANCE-NOTES)
     assert int8["MatMul"] <= 1, int8  # at most the classifier head stays fp32
+    # The pruned shapes (6 of 12 heads, 384 of 1536 feed-forward neurons): every matrix product is smaller.
+    graph = onnx.load(str(folder / "out" / "model" / "model.onnx")).graph
+    assert {a.i for n in graph.node if n.op_type == "QAttention" for a in n.attribute if a.name == "num_heads"} == {6}
+    weights = {i.name: tuple(i.dims) for i in graph.initializer}
+    ffn = [weights[n.input[1]] for n in graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")
+           and n.input[1] in weights]
+    assert ffn and max(max(shape) for shape in ffn) == 384, ffn
 
 
 @pytest.mark.slow
