@@ -108,6 +108,8 @@ def test_scores_are_taylor_importance_per_example(dead_units, tiny_dataset, one_
     collate = collator_for("text-classification", tokenizer)
     heads, neurons = prune_module.importance(model, layers, rows, collate, 5, make_ctx("s2"))
     assert heads[0, 1] == 0 and neurons[1, 5] == 0 and neurons[1, 40] == 0
+    # Plain numbers: scores that carried the autograd graph would keep every batch's graph alive (a leak of GBs).
+    assert not heads.requires_grad and not neurons.requires_grad and heads.grad_fn is None
     assert (heads[:, 0] > 0).all() and (neurons[0] > 0).sum() > 32
     one_by_one, _ = prune_module.importance(model, layers, rows, collate, 1, make_ctx("s3"))
     torch.testing.assert_close(heads, one_by_one, rtol=1e-4, atol=1e-9)
