@@ -1,9 +1,11 @@
-"""The quickstart's int8 classifier vs Olive 0.13's int8 of the same merged MiniLM, timed in one process.
+"""The quickstart's int8 classifier (pruned, then quantized) vs Olive 0.13's int8 of the same merged MiniLM, timed
+in one process.
 
     python benchmarks/cls_vs_olive.py [--cache-dir DIR] [--runs 3] [--repeats 300]
 
-Runs the quickstart recipe (cached after the first time), then builds two Olive models of its merged
-(LoRA-tuned) model with Olive's own passes, the way Olive's examples do for a BERT classifier on the CPU:
+Runs the quickstart recipe (cached after the first time: merged -> prune -> export -> int8), then builds two
+Olive models of its merged (LoRA-tuned, unpruned) model with Olive's own passes, the way Olive's examples do for
+a BERT classifier on the CPU:
 
     olive_plain   OnnxConversion -> OnnxDynamicQuantization
     olive_tuned   OnnxConversion -> OrtTransformersOptimization (bert) -> OnnxDynamicQuantization
