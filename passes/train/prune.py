@@ -22,6 +22,7 @@ int8 model in about half of Olive's tuned int8 time on the same inputs (benchmar
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,13 @@ def encoder_layers(model: Any, step: str) -> list[Any]:
     return list(layers)
 
 
+def batches(rows: Any, collate: Any, batch_size: int) -> Any:
+    """(inputs, labels) per batch of tokenized rows, padded by `collate` to each batch's longest."""
+    for start in range(0, len(rows), batch_size):
+        batch = collate([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
+        yield batch, batch.pop("labels")
+
+
 def importance(model: Any, layers: list[Any], rows: Any, collate: Any, batch_size: int,
                ctx: StepContext) -> tuple[Any, Any]:
     """(heads [layers, heads], neurons [layers, intermediate]): per-example |activation x gradient|, summed."""
@@ -91,12 +99,9 @@ def importance(model: Any, layers: list[Any], rows: Any, collate: Any, batch_siz
     for i, layer in enumerate(layers):
         handles.append(layer.attention.self.register_forward_hook(keep(("heads", i))))
         handles.append(layer.intermediate.register_forward_hook(keep(("ffn", i))))
-    starts = range(0, len(rows), batch_size)
     try:
-        with ctx.progress(len(starts), "scoring heads and neurons") as bar:
-            for start in starts:
-                batch = collate([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
-                labels = batch.pop("labels")
+        with ctx.progress(math.ceil(len(rows) / batch_size), "scoring heads and neurons") as bar:
+            for batch, labels in batches(rows, collate, batch_size):
                 seen.clear()
                 logits = model(**batch).logits
                 # A sum, not a mean: each example's gradient then is its own (the examples do not interact).
@@ -127,11 +132,8 @@ def accuracy(model: Any, rows: Any, collate: Any, batch_size: int, ctx: StepCont
     if rows is None or len(rows) == 0:
         return None
     right = 0
-    starts = range(0, len(rows), batch_size)
-    with torch.no_grad(), ctx.progress(len(starts), label) as bar:
-        for start in starts:
-            batch = collate([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
-            labels = batch.pop("labels")
+    with torch.no_grad(), ctx.progress(math.ceil(len(rows) / batch_size), label) as bar:
+        for batch, labels in batches(rows, collate, batch_size):
             right += int((model(**batch).logits.argmax(-1) == labels).sum())
             bar.advance(1)
     return right / len(rows)
@@ -145,8 +147,7 @@ def _check_reload(pruned: Any, folder: Path, labels: list[str], rows: Any, colla
     if new:
         raise PassError(f"the pruned folder does not reload: {', '.join(new[:5])} would be initialized anew")
     reloaded.eval()
-    batch = collate([rows[i] for i in range(min(8, len(rows)))])
-    batch.pop("labels")
+    batch, _ = next(batches(rows, collate, 8))
     with torch.no_grad():
         want, got = pruned(**batch).logits, reloaded(**batch).logits
     diff = float((want - got).abs().max())

@@ -30,16 +30,6 @@ def classifier(folder, step="m"):
 
 
 @pytest.fixture
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
 def dead_units(tiny_bert_classifier_dir, tmp_path):
     """The tiny classifier (2 layers, 2 heads of 16, 64 neurons) with head 1 of layer 0 and neurons 5 and 40 of
     layer 1 made dead (their output weights zero): their importance is exactly 0, so pruning must cut them."""
@@ -79,8 +69,6 @@ def test_the_least_important_units_are_cut_and_the_folder_reloads_as_pruned(dead
     assert tuple(layer.intermediate.dense.weight.shape) == (32, 32) and tuple(layer.output.dense.weight.shape) == (32, 32)
     original = AutoModelForSequenceClassification.from_pretrained(dead_units).bert.encoder.layer[1]
     kept = [j for j in range(64) if j not in (5, 40)]
-    kept_rows = [i for i in range(32) if torch.equal(layer.intermediate.dense.weight[i], original.intermediate.dense.weight[i])]
-    assert len(kept_rows) < 32  # the kept neurons are a subset, re-indexed, not the first 32
     found = {j for j in kept for i in range(32) if torch.equal(layer.intermediate.dense.weight[i], original.intermediate.dense.weight[j])}
     assert len(found) == 32 and not found & {5, 40}
     assert meta["heads_kept"] == 1 and meta["ffn_kept"] == 32 and meta["num_parameters"] < meta["num_parameters_before"]

@@ -79,17 +79,6 @@ def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
 
 
-@pytest.fixture
-def one_thread():
-    """One thread, as the subprocesses get (OMP_NUM_THREADS=1): the same sums in the same order, the same weights."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_ctrl_c_saves_a_checkpoint_and_the_next_run_resumes_to_the_same_weights(tmp_path, tiny_chat_llama_dir,
                                                                                   one_thread, monkeypatch,
                                                                                   python_sigint):

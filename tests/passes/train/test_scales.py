@@ -16,15 +16,7 @@ from schemas.steps import TuneScalesConfig
 from tests.builders import make_artifact, tiny_corpus
 from tests.passes.train.slow_steps import ctrl_c_during_step
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _pack_with_olive(source: Path, out: Path, symmetric: bool, overrides: dict[str, int]) -> Path:
