@@ -113,6 +113,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "cls-vs-olive")
     parser.add_argument("--runs", type=int, default=3, help="timing runs (each interleaves every model anew)")
+    parser.add_argument("--isa", default=None, help="build our int8 for this instruction set (target.isa; default: "
+                        "this CPU's), e.g. avx2 with benchmarks/ort_avx2.py's onnxruntime")
     parser.add_argument("--repeats", type=int, default=300, help="timed calls per model and scenario in a run")
     args = parser.parse_args()
     try:
@@ -120,17 +122,19 @@ def main() -> int:
     except ImportError:
         print("olive is not installed: pip install -c constraints.txt -e '.[olive]' (the README's set-up has it)", file=sys.stderr)
         return 2
-    merged, ours, data = run_recipe(RECIPE, args.cache_dir, ("merged", "int8", "sms"))
+    merged, ours, data = run_recipe(RECIPE, args.cache_dir, ("merged", "int8", "sms"), args.isa)
     olive_dirs = {name: build_olive(merged.path, args.cache_dir, name, passes) for name, passes in OLIVE_MODELS.items()}
 
     from passes.base import Artifact
+    from benchmarks.ort_avx2 import kernels_note
     from passes.ort.isa import cpu_info
 
     olive_arts = [Artifact(kind="onnx_model", path=d, meta={"task": "text-classification", "labels": merged.meta.get("labels")},
                            digest=name, step=name) for name, d in olive_dirs.items()]
     quality = accuracy_and_size([merged, ours, *olive_arts], data, args.cache_dir)
     info = cpu_info()
-    print(f"CPU: {info.model}, {info.isa} ({' '.join(info.flags)}), {os.cpu_count()} logical CPUs")
+    print(f"CPU: {info.model}, {info.isa} ({' '.join(info.flags)}), {os.cpu_count()} logical CPUs; {kernels_note()}"
+          + (f"; ours built for {args.isa}" if args.isa else ""))
     results = [time_once(ours.path, olive_dirs, data, args.repeats, seed) for seed in range(args.runs)]
     report(results, quality, ours.step)
     return 0

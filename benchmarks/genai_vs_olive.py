@@ -60,6 +60,8 @@ def main() -> int:
     parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "genai-vs-olive")
     parser.add_argument("--runs", type=int, default=7, help="timed generations per model in each repeat")
     parser.add_argument("--repeat", type=int, default=3, help="evaluate steps timing decode (each interleaved)")
+    parser.add_argument("--isa", default=None, help="build our formats for this instruction set (target.isa; "
+                        "default: this CPU's), e.g. avx2 with benchmarks/ort_isa.py's onnxruntime")
     parser.add_argument("--no-gptq", action="store_true", help="leave out the calibrated chain (GPTQ)")
     args = parser.parse_args()
     if shutil.which("olive") is None:
@@ -67,15 +69,17 @@ def main() -> int:
         return 2
     import psutil
 
+    from benchmarks.ort_avx2 import kernels_note
     from passes.base import Artifact
     from passes.ort.genai_build import set_threads
     from passes.ort.isa import cpu_info
     from passes.ort.sessions import cpu_cores
 
-    merged, ours, data = run_recipe(RECIPES / "chat-smollm2-int4.yaml", args.cache_dir, ("merged", "int4", "qa"))
+    merged, ours, data = run_recipe(RECIPES / "chat-smollm2-int4.yaml", args.cache_dir, ("merged", "int4", "qa"), args.isa)
     models = [ours]
     if not args.no_gptq:
-        models += run_recipe(RECIPES / "chat-smollm2-gptq.yaml", args.cache_dir, ("int4_gptq", "int4_rotated", "int4_tuned"))
+        models += run_recipe(RECIPES / "chat-smollm2-gptq.yaml", args.cache_dir, ("int4_gptq", "int4_rotated", "int4_tuned"),
+                             args.isa)
     olive_dir = args.cache_dir / "olive" / merged.digest[:12]  # rebuilt when the merged model changes
     if not (olive_dir / "genai_config.json").is_file():
         shutil.rmtree(olive_dir, ignore_errors=True)
@@ -94,7 +98,8 @@ def main() -> int:
                                digest=step, step=step))
 
     cpu = cpu_info()
-    print(f"CPU: {cpu.model} ({cpu.arch}, {psutil.cpu_count()} logical CPUs), instruction set {cpu.isa}")
+    print(f"CPU: {cpu.model} ({cpu.arch}, {psutil.cpu_count()} logical CPUs), instruction set {cpu.isa}; "
+          f"{kernels_note()}" + (f"; ours built for {args.isa}" if args.isa else ""))
     quality = evaluate([merged, *[m for m in models if m.step != OLIVE_THREADS]], data, ["perplexity", "size"], 1,
                        args.cache_dir / "report-quality")
     quality[OLIVE_THREADS] = quality[OLIVE]  # the same weights and graph

@@ -95,6 +95,7 @@ def main() -> int:
 
     import psutil
 
+    from benchmarks.ort_avx2 import kernels_note
     from passes.ort.isa import cpu_info
     from passes.ort.sessions import cpu_cores
 
@@ -102,7 +103,7 @@ def main() -> int:
     threads = args.threads or sorted({1, cpu_cores()})
     cpu = cpu_info()
     print(f"CPU: {cpu.model} ({cpu.arch}, {psutil.cpu_count()} logical CPUs), instruction set {cpu.isa} "
-          f"({' '.join(cpu.flags)})")
+          f"({' '.join(cpu.flags)}); {kernels_note()}")
     print(f"{len(shapes)} MatMulNBits calls per step, {sum(k * n for k, n in shapes) / 1e6:.0f}M weights; "
           f"p50 ms of a step (ratio: int4 sym 32's time / this one's, > 1 is faster)")
     groups = {"step": shapes}
