@@ -98,6 +98,8 @@ _VNNI_INT4_OPTIONS: dict[str, Any] = {"int4_block_size": 64, "int4_is_symmetric"
 #:   sym block 64, int4 embedding                                  16.02           94 MB
 #:   sym block 32, int4 embedding, no thread setting                      97 tok/s
 #:   asym block 64 at accuracy level 1 (fp32 compute): 39 tok/s against 114 at level 4 (int8), same busy run
+#: (Timed again with AVX2 kernels on a Zen 4, benchmarks/ort_avx2.py: blocks of 32/64/128 alike, asymmetric 0.85x,
+#: 8-bit 0.60-0.70x, so the same choice; the model with them at 1.00x Olive's folder given our threads.)
 #: On AVX2 (no VNNI) symmetric blocks skip the zero-point work in MLAS's int8 kernel: the fastest int4; without an
 #: exact int8 dot product the 8-bit layers cost 25% of the speed. Accuracy level 4 everywhere (int8 activations:
 #: fp32 compute is 3x slower). Perplexity within 8% of fp32 needs calibrated weights (the GPTQ recipe):
