@@ -1,7 +1,7 @@
 """The quickstart's int8 classifier (pruned, then quantized) vs Olive 0.13's int8 of the same merged MiniLM, timed
 in one process.
 
-    python benchmarks/cls_vs_olive.py [--cache-dir DIR] [--runs 3] [--repeats 300]
+    python benchmarks/cls_vs_olive.py [--cache-dir DIR] [--runs 3] [--repeats 300] [--isa ISA]
 
 Runs the quickstart recipe (cached after the first time: merged -> prune -> export -> int8), then builds two
 Olive models of its merged (LoRA-tuned, unpruned) model with Olive's own passes, the way Olive's examples do for
@@ -125,8 +125,8 @@ def main() -> int:
     merged, ours, data = run_recipe(RECIPE, args.cache_dir, ("merged", "int8", "sms"), args.isa)
     olive_dirs = {name: build_olive(merged.path, args.cache_dir, name, passes) for name, passes in OLIVE_MODELS.items()}
 
-    from passes.base import Artifact
     from benchmarks.ort_avx2 import kernels_note
+    from passes.base import Artifact
     from passes.ort.isa import cpu_info
 
     olive_arts = [Artifact(kind="onnx_model", path=d, meta={"task": "text-classification", "labels": merged.meta.get("labels")},

@@ -1,6 +1,6 @@
 """Our onnxruntime-genai int4 exports of the chat recipe's model vs Olive 0.13's, side by side.
 
-    python benchmarks/genai_vs_olive.py [--cache-dir DIR] [--runs N] [--repeat N] [--no-gptq]
+    python benchmarks/genai_vs_olive.py [--cache-dir DIR] [--runs N] [--repeat N] [--no-gptq] [--isa ISA]
 
 Runs the chat recipe and the calibrated chains (pipelines/recipes/chat-smollm2-gptq.yaml: Olive mixed
 precision + GPTQ -> our export, `int4_gptq`; Olive QuaRot + all-int4 GPTQ in the CPU's fastest format -> our export, `int4_rotated`, and
@@ -61,7 +61,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=7, help="timed generations per model in each repeat")
     parser.add_argument("--repeat", type=int, default=3, help="evaluate steps timing decode (each interleaved)")
     parser.add_argument("--isa", default=None, help="build our formats for this instruction set (target.isa; "
-                        "default: this CPU's), e.g. avx2 with benchmarks/ort_isa.py's onnxruntime")
+                        "default: this CPU's), e.g. avx2 with benchmarks/ort_avx2.py's onnxruntime")
     parser.add_argument("--no-gptq", action="store_true", help="leave out the calibrated chain (GPTQ)")
     args = parser.parse_args()
     if shutil.which("olive") is None:
